@@ -275,7 +275,6 @@ void FetchEngine::State::StartAttempt(std::unique_ptr<Transfer> t) {
   curl_easy_setopt(easy, CURLOPT_LOW_SPEED_LIMIT, 1024L);
   curl_easy_setopt(easy, CURLOPT_LOW_SPEED_TIME, static_cast<long>(std::max(1.0, opt.low_speed_time_s)));
   curl_easy_setopt(easy, CURLOPT_USERAGENT, opt.user_agent.c_str());
-  curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
 
   curl_slist* headers = nullptr;
   if (raw->req.offset != 0 || raw->req.length >= 0) {

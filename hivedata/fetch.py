@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import os
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -118,6 +119,7 @@ class Fetcher:
         self.max_in_flight = max_in_flight
         self._token = None
         self._busy = threading.Lock()
+        self._pid = os.getpid()
         _live.add(self)
         if not _atexit_registered:
             atexit.register(_close_all)
@@ -154,6 +156,10 @@ class Fetcher:
             raise ValueError(f"order must be 'request' or 'completion', not {order!r}")
         if errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
+        if os.getpid() != self._pid:  # forked child: the parent's iteration does not exist here
+            self._busy = threading.Lock()
+            self._token = None
+            self._pid = os.getpid()
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this Fetcher is already iterating a fetch(); use one Fetcher per stream")
         try:

@@ -133,8 +133,8 @@ def _stem(name: str) -> str:
     return base.rsplit(".", 1)[0] if "." in base else base
 
 
-def _is_image(name: str, extensions: Sequence[str]) -> bool:
-    return name.lower().endswith(tuple(extensions))
+def _is_image(name: str, extensions: Sequence[str] | None) -> bool:
+    return extensions is None or name.lower().endswith(tuple(extensions))
 
 
 class _Lister:
@@ -177,13 +177,13 @@ class _Lister:
 
 def build_index(url: str, *, classes: Sequence[str] | None = None, labels: str | dict[str, str] | None = None,
                 endpoint: str | None = None, credentials: Any = "auto", workers: int = 16, progress: bool = True,
-                extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Index:
+                extensions: Sequence[str] | None = IMAGE_EXTENSIONS) -> Index:
     """Lists gs://bucket/prefix once into an Index.
 
     Folder layout (<prefix>/<class>/<file>): classes sorted like torchvision's ImageFolder, or taken from
     `classes` (validation reuses training's map; an unknown folder is an error). Flat layout
     (<prefix>/<file>): `labels` (a labels file path, gs:// URL, its text mapping, or a dict stem->class)
-    gives each file's class.
+    gives each file's class. extensions=None indexes every object.
     """
     loc = parse_gcs_url(url)
     ep = storage_endpoint(endpoint)
