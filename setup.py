@@ -30,7 +30,8 @@ def _missing_headers() -> list[str]:
     for header, package in REQUIRED_HEADERS.items():
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "probe.c"
-            src.write_text(f"#include <stddef.h>\n#include <stdio.h>\n#include <{header}>\nint main(void) {{ return 0; }}\n")
+            src.write_text(f"#include <stddef.h>\n#include <stdio.h>\n#include <{header}>\n"
+                           "int main(void) { return 0; }\n")
             cmd = cc.split() + ["-c", str(src), "-o", str(Path(tmp) / "probe.o")]
             if subprocess.run(cmd, capture_output=True).returncode != 0:
                 missing.append(package)

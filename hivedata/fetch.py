@@ -224,7 +224,7 @@ class Fetcher:
             arena = np.empty(total, dtype=np.uint8)
         elif arena.nbytes < total:
             raise ValueError(f"arena holds {arena.nbytes} bytes, the batch needs {total}")
-        views = [arena[o:o + s] for o, s in zip(offsets.tolist(), sizes_arr.tolist())]
+        views = [arena[o:o + s] for o, s in zip(offsets.tolist(), sizes_arr.tolist(), strict=True)]
         for _ in self.fetch(objects, buffers=views, order="completion"):
             pass
         return Batch(arena, offsets, sizes_arr)

@@ -206,7 +206,7 @@ def build_index(url: str, *, classes: Sequence[str] | None = None, labels: str |
                 raise ValueError(f"gs://{loc.bucket}/{prefix}{unknown[0]}/ is not one of the {len(class_list)} "
                                  f"training classes ({len(unknown)} unknown folders)")
         cidx = {c: i for i, c in enumerate(class_list)}
-        for fname, objs in zip(folder_names, lister.folders(folders)):
+        for fname, objs in zip(folder_names, lister.folders(folders), strict=True):
             for o in objs:
                 if _is_image(o.name, extensions):
                     entries.append(o)

@@ -107,9 +107,9 @@ def wnids(num_classes: int) -> list[str]:
     """Deterministic, unique, increasing ImageNet-style ids (``n01440764``, ...); prefix-stable in n."""
     if not 0 <= num_classes <= MAX_CLASSES:
         raise ValueError(f"num_classes must be in [0, {MAX_CLASSES}], got {num_classes}")
-    steps = np.random.default_rng(0x1D5).integers(1, 4001, size=num_classes)
-    ids = 1_440_764 + np.cumsum(steps) - steps[0]
-    return [f"n{int(i):08d}" for i in ids]
+    steps = np.random.default_rng(0x1D5).integers(1, 4001, size=num_classes)  # max id stays < 10**8
+    steps[:1] = 0  # the first id is n01440764 (tench), as in ImageNet
+    return [f"n{int(i):08d}" for i in 1_440_764 + np.cumsum(steps)]
 
 
 def val_labels_object(val_prefix: str) -> str:
@@ -214,7 +214,7 @@ def _upsample(grid: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Smooth random colour field from two random hues, as float32 (h, w, 3)."""
+    """Random scene from two random hues: smooth colour field plus clutter, as planar float32 (3, h, w)."""
     gh, gw = (int(v) for v in rng.integers(2, 5, size=2))
     hues = rng.random(2)
     cols = [
@@ -223,30 +223,58 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     ]
     grid = np.clip(np.array(cols).reshape(gh, gw, 3), 0, 255).astype(np.uint8)
     img = Image.fromarray(grid).resize((w, h), Image.Resampling.BICUBIC)
-    return np.asarray(img, dtype=np.float32)
+    # Unrelated clutter with hard edges (scene "objects"), partly hidden later by the class texture.
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(4, 12))):
+        x0, x1 = sorted(rng.uniform(-0.1, 1.1, size=2) * w)
+        y0, y1 = sorted(rng.uniform(-0.1, 1.1, size=2) * h)
+        col = tuple(
+            int(c) for c in _hsv(hues[rng.integers(2)] + rng.normal(0, 0.1), rng.random(), rng.random())
+        )
+        kind = rng.integers(3)
+        if kind == 0:
+            draw.ellipse((x0, y0, x1, y1), fill=col)
+        elif kind == 1:
+            draw.rectangle((x0, y0, x1, y1), fill=col)
+        else:
+            draw.line((x0, y0, x1, y1), fill=col, width=int(rng.integers(2, 12)))
+    return np.asarray(img).transpose(2, 0, 1).astype(np.float32, order="C")  # planar (3, h, w)
 
 
 def _texture(rng: np.random.Generator, st: _ClassStyle, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Class texture in [0, 1], shape (h, w); xs, ys are coordinates in short-side units."""
+    """Class texture in [0, 1], float32 (h, w); xs, ys are float32 coordinates in short-side units."""
     a = st.angle + rng.normal(0, 0.08)
-    k = 2 * math.pi * st.freq * rng.uniform(0.85, 1.15)
-    ca, sa = math.cos(a), math.sin(a)
-    u = k * (xs[None, :] * ca + ys[:, None] * sa) + rng.uniform(0, 2 * math.pi)
-    v = k * (ys[:, None] * ca - xs[None, :] * sa) + rng.uniform(0, 2 * math.pi)
+    k = np.float32(2 * math.pi * st.freq * rng.uniform(0.85, 1.15))
+    ca, sa = np.float32(math.cos(a)), np.float32(math.sin(a))
+    phase_u, phase_v = rng.uniform(0, 2 * math.pi, size=2).astype(np.float32)
+    u = (k * ca * xs)[None, :] + (k * sa * ys + phase_u)[:, None]  # rotated plane-wave phases
+    v = (k * ca * ys + phase_v)[:, None] - (k * sa * xs)[None, :]
     if st.pattern == 0:  # stripes
         t = np.sin(u)
     elif st.pattern == 1:  # checker
-        t = np.sin(u) * np.sin(v) * 2.0
+        t = np.sin(u)
+        t *= np.sin(v)
+        t *= 2.0
     elif st.pattern == 2:  # dots on a grid
-        t = np.cos(u) + np.cos(v) - 0.8
+        t = np.cos(u)
+        t += np.cos(v)
+        t -= 0.8
     elif st.pattern == 3:  # concentric rings around a random centre
-        cx, cy = rng.uniform(-0.5, 0.5, size=2)
-        t = np.sin(k * np.hypot(xs[None, :] - cx, ys[:, None] - cy))
+        cx, cy = rng.uniform(-0.5, 0.5, size=2).astype(np.float32)
+        t = np.hypot((xs - cx)[None, :], (ys - cy)[:, None])
+        t *= k
+        np.sin(t, out=t)
     elif st.pattern == 4:  # wavy stripes
-        t = np.sin(u + 2.0 * np.sin(v / 3))
+        v *= np.float32(1 / 3)
+        t = np.sin(v)
+        t *= 2.0
+        t += u
+        np.sin(t, out=t)
     else:  # cross-hatch
         t = np.maximum(np.sin(u), np.sin(v))
-    return np.clip(t * st.sharpness, -1.0, 1.0) * 0.5 + 0.5
+    t *= np.float32(st.sharpness * 0.5)  # sharpen, then map [-1, 1] -> [0, 1]
+    t += 0.5
+    return np.clip(t, 0.0, 1.0, out=t)
 
 
 def _draw_shapes(rng: np.random.Generator, img: Image.Image, st: _ClassStyle, gain: float) -> None:
@@ -283,22 +311,36 @@ def render_image(label: int, index: int, spec: SyntheticSpec, split: str) -> Ima
     ys = (np.arange(h, dtype=np.float32) - h / 2) / s
 
     img = _background(rng, h, w)
-    # Class texture covering most of the image (smooth random mask), in the class colours.
+    # Class texture in the class colours over most of the image (smooth random mask).
     tex = _texture(rng, st, xs, ys)
-    mask = _upsample(rng.normal(size=(3, 4)), h, w)
-    mask = np.clip((mask + rng.uniform(0.4, 1.2)) * 2.0, 0.0, 1.0) * rng.uniform(0.55, 0.95)
+    mask = _upsample(rng.normal(size=(3, 4)), h, w) + np.float32(rng.uniform(0.4, 1.2))
+    mask *= 2.0
+    np.clip(mask, 0.0, 1.0, out=mask)
+    mask *= np.float32(rng.uniform(0.55, 0.95))
     light = st.light * rng.uniform(0.85, 1.1)
     dark = st.dark * rng.uniform(0.8, 1.2)
-    img += (dark + (light - dark) * tex[..., None] - img) * mask[..., None]
     # Global brightness jitter plus luminance detail: blotchy mid-frequency texture and fine noise.
-    gain = float(rng.uniform(0.75, 1.15))
-    cell = int(rng.integers(4, 12))
-    blotches = _upsample(rng.normal(0, rng.uniform(4, 12), size=(h // cell + 2, w // cell + 2)), h, w)
-    detail = blotches + rng.standard_normal((h, w), dtype=np.float32) * np.float32(rng.uniform(3, 7))
-    img *= np.float32(gain)
-    img += detail[..., None]
-    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    _draw_shapes(rng, out, st, gain)
+    gain = np.float32(rng.uniform(0.75, 1.15))
+    cell = int(rng.integers(2, 5))
+    detail = _upsample(rng.normal(0, rng.uniform(10, 20), size=(h // cell + 2, w // cell + 2)), h, w)
+    noise = rng.random((h, w), dtype=np.float32)
+    noise -= 0.5
+    noise *= np.float32(rng.uniform(8, 17) * math.sqrt(12))  # uniform noise with that std
+    detail = detail + noise
+    tmp = np.empty_like(tex)
+    planes = []
+    for c in range(3):  # planar in-place arithmetic: img = lerp(img, lerp(dark, light, tex), mask)
+        ch = img[c]
+        np.multiply(tex, np.float32(light[c] - dark[c]), out=tmp)
+        tmp += np.float32(dark[c])
+        tmp -= ch
+        tmp *= mask
+        ch += tmp
+        ch *= gain
+        ch += detail
+        planes.append(Image.fromarray(np.clip(ch, 0, 255, out=ch).astype(np.uint8)))
+    out = Image.merge("RGB", planes)
+    _draw_shapes(rng, out, st, float(gain))
     return out
 
 

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from hivedata.errors import BufferTooSmallError, FetchError, RangeError
+from hivedata.errors import BufferTooSmallError, RangeError
 from hivedata.fetch import Fetcher, ReadRequest
 
 
@@ -16,7 +16,8 @@ from hivedata.fetch import Fetcher, ReadRequest
 def objects(emulator, bucket) -> dict[str, bytes]:
     rng = random.Random(7)
     out = {}
-    for i, size in enumerate([1, 2, 100, 4096, 65_537, 300_000, 1_200_000] + [rng.randint(1, 200_000) for _ in range(40)]):
+    sizes = [1, 2, 100, 4096, 65_537, 300_000, 1_200_000] + [rng.randint(1, 200_000) for _ in range(40)]
+    for i, size in enumerate(sizes):
         name = f"data/cls{i % 3}/obj {i}+é.bin"
         out[name] = os.urandom(size)
         emulator.upload(bucket, name, out[name])
