@@ -1,29 +1,25 @@
-# Entry points. `make demo` runs the main job on the embedded default; `make test` runs the tests.
-# Both set the machine up first (scripts/bootstrap.sh installs only what is missing).
-PYTHON ?= python3
-PYTEST_ARGS ?=
-
+# Shortcuts for the scripts in scripts/ (the README's commands work without make).
 .PHONY: setup demo test lint asan bench clean
 
 setup:
 	bash scripts/bootstrap.sh
 
-demo: setup
-	$(PYTHON) -m hivedata demo
+demo:
+	bash scripts/demo.sh
 
-test: setup
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+test:
+	bash scripts/test.sh
 
 lint:
-	$(PYTHON) -m ruff check .
+	python3 -m ruff check .
 
 # Native tests under AddressSanitizer + UndefinedBehaviorSanitizer, in a separate build tree.
 asan:
 	bash scripts/asan.sh
 
 bench:
-	$(PYTHON) benchmarks/fetch_bench.py --json results/fetch_bench.json
+	python3 benchmarks/fetch_bench.py --json results/fetch_bench.json
+	python3 benchmarks/index_bench.py
 
 clean:
 	rm -rf build *.egg-info hivedata/_native*.so

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["hivedata.testing"]
 
 # Never let a test reach real credentials or a user's cache.
 for var in ("GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG", "STORAGE_EMULATOR_HOST"):
@@ -31,17 +32,12 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def emulator():
-    """A fake-gcs-server for the whole session; STORAGE_EMULATOR_HOST points at it."""
-    from hivedata.emulator import Emulator
-
-    with Emulator() as em:
-        yield em
+def emulator(gcs_emulator):
+    """The session's fake-gcs-server (hivedata.testing)."""
+    return gcs_emulator
 
 
 @pytest.fixture
-def bucket(emulator) -> str:
-    """A fresh, empty bucket in the session emulator."""
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    emulator.create_bucket(name)
-    return name
+def bucket(gcs_bucket) -> str:
+    """A fresh, empty bucket."""
+    return gcs_bucket
