@@ -157,3 +157,12 @@ def test_numpy_views_as_buffers(bucket, objects):
         f.fetch_batch(names, [len(objects[n]) for n in names], arena=arena)
     assert arena[-7:].sum() == 0  # nothing written past the batch
     assert arena[: len(objects[names[0]])].tobytes() == objects[names[0]]
+
+
+def test_zero_byte_object(emulator, bucket):
+    emulator.upload(bucket, "empty.JPEG", b"")
+    emulator.upload(bucket, "one.JPEG", b"x")
+    with Fetcher(bucket) as f:
+        assert f.read("empty.JPEG") == b""
+        batch = f.fetch_batch(["empty.JPEG", "one.JPEG", "empty.JPEG"], [0, 1, 0])
+        assert [batch.view(i).tobytes() for i in range(3)] == [b"", b"x", b""]
