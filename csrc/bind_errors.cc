@@ -21,6 +21,14 @@ const char* ClassName(ErrorKind kind) {
       return "FetchCancelledError";
     case ErrorKind::kBadRequest:
       return "BadRequestError";
+    case ErrorKind::kNotJpeg:
+      return "NotJpegError";
+    case ErrorKind::kCorruptImage:
+      return "CorruptImageError";
+    case ErrorKind::kImageTooLarge:
+      return "ImageTooLargeError";
+    case ErrorKind::kUnsupportedImage:
+      return "UnsupportedImageError";
     case ErrorKind::kHttp:
     case ErrorKind::kNetwork:
     case ErrorKind::kOk:
@@ -56,7 +64,11 @@ void BindErrors(py::module_& m) {
       .value("CHECKSUM", ErrorKind::kChecksum)
       .value("BUFFER_TOO_SMALL", ErrorKind::kBufferTooSmall)
       .value("CANCELLED", ErrorKind::kCancelled)
-      .value("BAD_REQUEST", ErrorKind::kBadRequest);
+      .value("BAD_REQUEST", ErrorKind::kBadRequest)
+      .value("NOT_JPEG", ErrorKind::kNotJpeg)
+      .value("CORRUPT_IMAGE", ErrorKind::kCorruptImage)
+      .value("IMAGE_TOO_LARGE", ErrorKind::kImageTooLarge)
+      .value("UNSUPPORTED_IMAGE", ErrorKind::kUnsupportedImage);
 }
 
 }  // namespace hivedata

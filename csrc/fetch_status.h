@@ -16,6 +16,10 @@ enum class ErrorKind : int {
   kBufferTooSmall = 7,   // object larger than the caller's buffer
   kCancelled = 8,
   kBadRequest = 9,       // unusable request (empty name, ...)
+  kNotJpeg = 10,         // the bytes are not a JPEG (PNG named .JPEG, random bytes, 0 bytes)
+  kCorruptImage = 11,    // a JPEG that libjpeg could not decode (truncated, damaged)
+  kImageTooLarge = 12,   // more pixels than the decompression-bomb limit
+  kUnsupportedImage = 13,  // a JPEG colour space or layout we do not convert
 };
 
 struct FetchStatus {

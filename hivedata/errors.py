@@ -60,5 +60,25 @@ class BadRequestError(FetchError, ValueError):
     """The request cannot be sent (an empty bucket or object name)."""
 
 
+class BadImageError(ObjectError):
+    """An image that cannot be decoded; `object` names it when known."""
+
+
+class NotJpegError(BadImageError):
+    """The bytes are not a JPEG (another format, random bytes, or empty)."""
+
+
+class CorruptImageError(BadImageError):
+    """A damaged or truncated JPEG."""
+
+
+class ImageTooLargeError(BadImageError):
+    """More pixels than the decompression-bomb limit allows."""
+
+
+class UnsupportedImageError(BadImageError):
+    """A JPEG layout or colour space hivedata does not convert."""
+
+
 class IndexStaleError(HivedataError):
     """A cached index no longer matches the bucket."""
