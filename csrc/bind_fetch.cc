@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "bind_buffers.h"
 #include "bind_errors.h"
 #include "crc32c.h"
 #include "fetch_engine.h"
@@ -33,30 +34,6 @@ struct PyResult {
   std::optional<py::bytes> owned;
 };
 
-// Keeps a caller's buffer exported (and alive) while C++ may write into it.
-class Lent {
- public:
-  Lent() = default;
-  // Exports `obj` as a writable C-contiguous buffer; raises if it is not one.
-  explicit Lent(const py::object& obj) {
-    if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) {
-      throw py::error_already_set();
-    }
-    held_ = true;
-  }
-  Lent(Lent&& o) noexcept : view_(o.view_), held_(o.held_) { o.held_ = false; }
-  Lent& operator=(Lent&&) = delete;
-  ~Lent() {
-    if (held_) PyBuffer_Release(&view_);
-  }
-  bool held() const { return held_; }
-  uint8_t* data() const { return static_cast<uint8_t*>(view_.buf); }
-  size_t size() const { return static_cast<size_t>(view_.len); }
-
- private:
-  Py_buffer view_{};
-  bool held_ = false;
-};
 
 class PyFetchEngine {
  public:

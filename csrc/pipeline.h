@@ -1,0 +1,83 @@
+// Batch pipeline: fetch each sample of a batch (fetch engine) into a caller-owned arena, then decode,
+// crop, resize and flip it (thread pool) straight into the caller-owned output slot. No Python on the
+// per-image path. A batch is reported once every one of its samples has finished or failed.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "augment.h"
+#include "fetch_engine.h"
+#include "fetch_status.h"
+
+namespace hivedata {
+
+struct PipelineOptions {
+  EngineOptions fetch;
+  int threads = 0;      // decode threads; 0: one per core
+  bool decode = true;   // false: fetch only (another backend decodes the arena)
+  AugmentParams augment;
+};
+
+struct PipelineItem {
+  std::string object;
+  int64_t generation = 0;
+  uint64_t sample_seed = 0;
+  size_t offset = 0;        // where this sample's bytes start in the arena
+  size_t size = 0;          // bytes reserved for it (the object's size)
+  bool in_memory = false;   // the bytes are already in the arena: decode only
+};
+
+struct SampleResult {
+  FetchStatus status;
+  size_t nbytes = 0;  // encoded bytes
+};
+
+struct BatchResult {
+  uint64_t batch_id = 0;
+  std::string bucket;
+  std::vector<std::string> objects;
+  std::vector<SampleResult> samples;
+  double decode_s = 0.0;  // summed over samples (thread time)
+};
+
+struct PipelineStats {
+  uint64_t batches = 0, decoded = 0, decode_errors = 0;
+  double decode_s = 0.0;
+  uint64_t batches_in_flight = 0;
+  EngineStats fetch;
+};
+
+class Pipeline {
+ public:
+  explicit Pipeline(PipelineOptions options);
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  void SetToken(std::string token);
+  // `arena` holds the encoded bytes; `out` (decode mode) receives items.size() images of
+  // out_h*out_w*3 bytes each. Both must stay valid until the batch is polled.
+  void Submit(uint64_t batch_id, const std::string& bucket, std::vector<PipelineItem> items, uint8_t* arena,
+              size_t arena_size, uint8_t* out);
+  // Takes one finished batch, waiting up to timeout_s; false when none finished in time.
+  bool Poll(BatchResult* out, double timeout_s);
+  // Cancels every unfinished fetch and decode; the batches still complete (with kCancelled samples).
+  void CancelAll();
+  size_t Outstanding() const;  // batches submitted and not yet polled
+  PipelineStats Stats() const;
+  const PipelineOptions& options() const { return options_; }
+
+ private:
+  struct State;
+  State* state();
+
+  PipelineOptions options_;
+  State* state_ = nullptr;  // abandoned (never freed) in a forked child: its locks may be held
+  pid_t owner_pid_ = 0;
+};
+
+}  // namespace hivedata
