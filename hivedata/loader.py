@@ -91,7 +91,8 @@ class Loader:
             source, classes=classes, labels=labels, endpoint=endpoint, credentials=self._tokens)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.sampler = EpochSampler(len(self.index), batch_size=batch_size,
-                                    shuffle=train if shuffle is None else shuffle, seed=seed, drop_last=train if drop_last is None else drop_last,
+                                    shuffle=train if shuffle is None else shuffle, seed=seed,
+                                    drop_last=train if drop_last is None else drop_last,
                                     shard=shard, num_shards=num_shards)
         self.backend = resolve_backend(backend, self.device)
         self.workers = workers or os.cpu_count() or 1
