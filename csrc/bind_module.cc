@@ -5,10 +5,16 @@
 
 namespace hivedata {
 void BindFetch(pybind11::module_& m);
+void BindPipeline(pybind11::module_& m);
+void BindNormalize(pybind11::module_& m);
+void BindDecode(pybind11::module_& m);
 }
 
 PYBIND11_MODULE(_native, m) {
-  m.doc() = "hivedata native core: parallel GCS fetch engine";
+  m.doc() = "hivedata native core: GCS fetch engine, JPEG decode + augment, batch pipeline";
   hivedata::BindErrors(m);
   hivedata::BindFetch(m);
+  hivedata::BindPipeline(m);
+  hivedata::BindNormalize(m);
+  hivedata::BindDecode(m);
 }

@@ -276,10 +276,10 @@ class Loader:
         good = [i for i in range(len(indices)) if i not in set(bad)]
         if not good:
             raise HivedataError(f"every sample of a batch failed to load; the first: {failed[0][1]}")
-        images = self._ring.slots[k].images
+        images = self._ring.slots[k].images.numpy()
         for n, i in enumerate(bad):  # replace with good samples of the same batch, deterministically
             src = good[n % len(good)]
-            images[i].copy_(images[src])
+            images[i] = images[src]
             labels[i] = labels[src]
 
     # -- iteration --------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import _native
+
 
 @dataclass
 class Slot:
@@ -70,11 +72,29 @@ def to_device(images: torch.Tensor, device: torch.device, *, dtype: torch.dtype,
         x = images
     else:  # mps and others: a synchronous copy, then work on the device
         x = images.to(device)
+    if device.type == "cpu" and (not normalize or dtype == torch.float32):
+        return _cpu_output(images, normalize=normalize, channels_last=channels_last, mean=mean, std=std)
     x = x.permute(0, 3, 1, 2)
-    if not normalize:  # on the cpu the slot is reused: hand out a copy
-        return x.clone(memory_format=fmt) if device.type == "cpu" else x.contiguous(memory_format=fmt)
+    if not normalize:
+        return x.contiguous(memory_format=fmt)
     out = torch.empty(x.shape, dtype=dtype, device=x.device).contiguous(memory_format=fmt)
     out.copy_(x)
     m = mean.to(device=x.device, dtype=dtype).view(1, 3, 1, 1)
     inv = (1.0 / std).to(device=x.device, dtype=dtype).view(1, 3, 1, 1)
     return out.sub_(m).mul_(inv)
+
+
+def _cpu_output(images: torch.Tensor, *, normalize: bool, channels_last: bool, mean: torch.Tensor,
+                std: torch.Tensor) -> torch.Tensor:
+    """The cpu path in native code: torch's OpenMP pool would hang a child forked after the parent used it."""
+    n, h, w, _ = images.shape
+    src = images.numpy()
+    if not normalize:  # the slot is reused: hand out a copy
+        if channels_last:
+            return torch.from_numpy(src.copy()).permute(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(src.transpose(0, 3, 1, 2)))
+    shape = (n, h, w, 3) if channels_last else (n, 3, h, w)
+    out = np.empty(shape, dtype=np.float32)
+    _native.normalize_u8(src, out, n, h, w, channels_last, mean.tolist(), std.tolist())
+    t = torch.from_numpy(out)
+    return t.permute(0, 3, 1, 2) if channels_last else t

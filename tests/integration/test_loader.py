@@ -167,7 +167,8 @@ def test_backends_agree_on_shapes_dtypes_and_labels(dataset, backend):
     for (xa, ya), (xb, yb) in zip(outs["native"], outs[backend], strict=True):
         assert xa.shape == xb.shape and xa.dtype == xb.dtype
         assert torch.equal(ya, yb)
-        assert float((xa - xb).abs().mean()) < 0.15  # same crop, different resamplers
+        # the same evaluation crop through other resamplers (DALI rounds the crop window its own way)
+        assert float((xa - xb).abs().mean()) < (0.15 if backend == "pillow" else 0.35)
 
 
 def test_memory_and_streaming_give_identical_batches(dataset):

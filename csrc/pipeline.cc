@@ -1,0 +1,285 @@
+#include "pipeline.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+
+#include "jpeg_decoder.h"
+#include "thread_pool.h"
+
+namespace hivedata {
+namespace {
+
+constexpr int kIndexBits = 24;  // samples per batch < 16 M
+constexpr uint64_t kIndexMask = (uint64_t{1} << kIndexBits) - 1;
+
+}  // namespace
+
+struct Batch {
+  uint64_t id = 0;  // internal, unique
+  uint64_t batch_id = 0;
+  std::string bucket;
+  std::vector<PipelineItem> items;
+  std::vector<SampleResult> results;
+  uint8_t* arena = nullptr;
+  size_t arena_size = 0;
+  uint8_t* out = nullptr;
+  std::atomic<size_t> remaining{0};
+  std::atomic<bool> cancelled{false};
+  std::atomic<uint64_t> decode_ns{0};
+};
+
+struct Pipeline::State {
+  explicit State(const PipelineOptions& o) : opt(o), engine(o.fetch) {
+    threads = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
+
+  ~State() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop = true;
+    }
+    if (dispatcher.joinable()) dispatcher.join();
+    pool.reset();  // runs the queued decode tasks to completion, then joins
+    engine.CancelAll();
+    for (auto& kv : live) delete kv.second;
+    for (Batch* b : done) delete b;
+  }
+
+  void EnsureStarted() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (started) return;
+    started = true;
+    if (opt.decode) pool = std::make_unique<ThreadPool>(threads);
+    dispatcher = std::thread([this] { Dispatch(); });
+  }
+
+  void Dispatch() {
+    std::vector<FetchResult> results;
+    while (true) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (stop) return;
+      }
+      results.clear();
+      engine.Poll(&results, 1024, 0.05);
+      for (FetchResult& r : results) {
+        Batch* b;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          auto it = live.find(r.tag >> kIndexBits);
+          if (it == live.end()) continue;
+          b = it->second;
+        }
+        size_t i = static_cast<size_t>(r.tag & kIndexMask);
+        if (!r.status.ok()) {
+          b->results[i].status = std::move(r.status);
+          FinishSample(b);
+        } else {
+          b->results[i].nbytes = r.nbytes;
+          if (opt.decode) {
+            pool->Post([this, b, i] { DecodeOne(b, i); });
+          } else {
+            FinishSample(b);
+          }
+        }
+      }
+    }
+  }
+
+  void DecodeOne(Batch* b, size_t i) {
+    SampleResult& res = b->results[i];
+    if (b->cancelled.load(std::memory_order_relaxed)) {
+      res.status = FetchStatus{ErrorKind::kCancelled, 0, 0, "cancelled: gs://" + b->bucket + "/" + b->items[i].object};
+      FinishSample(b);
+      return;
+    }
+    const PipelineItem& it = b->items[i];
+    const size_t image_bytes = static_cast<size_t>(opt.augment.out_h) * opt.augment.out_w * 3;
+    auto t0 = std::chrono::steady_clock::now();
+    DecodeInfo info;
+    FetchStatus st = DecodeCropResize(b->arena + it.offset, res.nbytes, opt.augment, it.sample_seed,
+                                      b->out + i * image_bytes, &info);
+    uint64_t ns = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
+    b->decode_ns.fetch_add(ns, std::memory_order_relaxed);
+    decode_ns.fetch_add(ns, std::memory_order_relaxed);
+    if (st.ok()) {
+      decoded.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      decode_errors.fetch_add(1, std::memory_order_relaxed);
+      st.message = "gs://" + b->bucket + "/" + it.object + ": " + st.message;
+      res.status = std::move(st);
+    }
+    FinishSample(b);
+  }
+
+  void FinishSample(Batch* b) {
+    if (b->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      live.erase(b->id);
+      done.push_back(b);
+    }
+    done_cv.notify_all();
+  }
+
+  PipelineOptions opt;
+  FetchEngine engine;
+  int threads = 1;
+  std::unique_ptr<ThreadPool> pool;
+  std::thread dispatcher;
+
+  mutable std::mutex mu;  // guards the members below
+  std::condition_variable done_cv;
+  std::unordered_map<uint64_t, Batch*> live;  // internal id -> batch
+  std::deque<Batch*> done;
+  uint64_t next_id = 1;
+  bool stop = false;
+  bool started = false;
+
+  std::atomic<uint64_t> outstanding{0}, batches{0}, decoded{0}, decode_errors{0}, decode_ns{0};
+};
+
+Pipeline::Pipeline(PipelineOptions options) : options_(std::move(options)) {
+  const AugmentParams& a = options_.augment;
+  if (options_.decode && (a.out_h <= 0 || a.out_w <= 0)) throw std::invalid_argument("output size must be positive");
+  state_ = new State(options_);
+  owner_pid_ = getpid();
+}
+
+Pipeline::~Pipeline() {
+  if (owner_pid_ == getpid()) delete state_;
+}
+
+Pipeline::State* Pipeline::state() {
+  pid_t pid = getpid();
+  if (pid != owner_pid_) {  // forked child: start afresh, never touch the parent's state
+    state_ = new State(options_);
+    owner_pid_ = pid;
+  }
+  return state_;
+}
+
+void Pipeline::SetToken(std::string token) { state()->engine.SetToken(std::move(token)); }
+
+void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<PipelineItem> items, uint8_t* arena,
+                      size_t arena_size, uint8_t* out) {
+  State* s = state();
+  if (items.size() > kIndexMask) throw std::invalid_argument("batch too large");
+  for (const PipelineItem& it : items) {
+    if (it.offset + it.size > arena_size || it.offset + it.size < it.offset) {
+      throw std::invalid_argument("arena too small for gs://" + bucket + "/" + it.object);
+    }
+  }
+  if (s->opt.decode && out == nullptr && !items.empty()) throw std::invalid_argument("decode mode needs an output slot");
+  s->EnsureStarted();
+  auto* b = new Batch;
+  b->batch_id = batch_id;
+  b->bucket = bucket;
+  b->items = std::move(items);
+  b->results.resize(b->items.size());
+  b->arena = arena;
+  b->arena_size = arena_size;
+  b->out = out;
+  b->remaining.store(b->items.size());
+  s->outstanding.fetch_add(1);
+  s->batches.fetch_add(1);
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    id = s->next_id++;
+    b->id = id;
+    if (b->items.empty()) {
+      s->done.push_back(b);
+      s->done_cv.notify_all();
+      return;
+    }
+    s->live.emplace(id, b);
+  }
+  std::vector<FetchRequest> reqs;
+  std::vector<size_t> in_memory;
+  for (size_t i = 0; i < b->items.size(); ++i) {
+    const PipelineItem& it = b->items[i];
+    if (it.in_memory) {
+      in_memory.push_back(i);
+      continue;
+    }
+    FetchRequest r;
+    r.tag = (id << kIndexBits) | i;
+    r.bucket = bucket;
+    r.object = it.object;
+    r.generation = it.generation;
+    r.dst = arena + it.offset;
+    r.capacity = it.size;
+    reqs.push_back(std::move(r));
+  }
+  for (size_t i : in_memory) {
+    b->results[i].nbytes = b->items[i].size;
+    if (s->opt.decode) {
+      s->pool->Post([s, b, i] { s->DecodeOne(b, i); });
+    } else {
+      s->FinishSample(b);
+    }
+  }
+  if (!reqs.empty()) s->engine.Submit(std::move(reqs));
+}
+
+bool Pipeline::Poll(BatchResult* out, double timeout_s) {
+  State* s = state();
+  Batch* b = nullptr;
+  {
+    std::unique_lock<std::mutex> lock(s->mu);
+    if (s->done.empty() && timeout_s > 0) {
+      s->done_cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [s] { return !s->done.empty(); });
+    }
+    if (s->done.empty()) return false;
+    b = s->done.front();
+    s->done.pop_front();
+  }
+  s->outstanding.fetch_sub(1);
+  out->batch_id = b->batch_id;
+  out->bucket = b->bucket;
+  out->objects.clear();
+  for (auto& it : b->items) out->objects.push_back(std::move(it.object));
+  out->samples = std::move(b->results);
+  out->decode_s = static_cast<double>(b->decode_ns.load()) * 1e-9;
+  delete b;
+  return true;
+}
+
+void Pipeline::CancelAll() {
+  State* s = state();
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    for (auto& kv : s->live) kv.second->cancelled.store(true);
+  }
+  s->engine.CancelAll();
+}
+
+size_t Pipeline::Outstanding() const {
+  if (owner_pid_ != getpid()) return 0;
+  return state_->outstanding.load();
+}
+
+PipelineStats Pipeline::Stats() const {
+  PipelineStats st;
+  if (owner_pid_ != getpid()) return st;
+  st.batches = state_->batches.load();
+  st.decoded = state_->decoded.load();
+  st.decode_errors = state_->decode_errors.load();
+  st.decode_s = static_cast<double>(state_->decode_ns.load()) * 1e-9;
+  st.batches_in_flight = state_->outstanding.load();
+  st.fetch = state_->engine.Stats();
+  return st;
+}
+
+}  // namespace hivedata
