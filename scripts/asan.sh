@@ -23,6 +23,7 @@ export PYTHONPATH="$OUT/lib:$ROOT"
 "$PY" -P -c "import hivedata._native as n, sys; assert n.__file__.startswith('$OUT'), n.__file__; print('sanitized build:', n.__file__)"
 if [ $# -eq 0 ]; then
   set -- tests/unit/test_native_basics.py tests/integration/test_fetch.py tests/integration/test_faults.py \
-    tests/integration/test_process_hazards.py
+    tests/integration/test_process_hazards.py tests/unit/test_decode.py tests/unit/test_decode_hostile.py \
+    tests/integration/test_loader.py -k "not dali"  # DALI's own libraries do not load under ASan
 fi
 "$PY" -P -m pytest -q -p no:cacheprovider "$@"
