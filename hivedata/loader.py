@@ -111,7 +111,7 @@ class Loader:
         self._slot_bytes: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # slot -> where its samples' bytes are
         self._pid = os.getpid()
         self._stats = {"batches": 0, "samples": 0, "skipped": 0, "fallback_decoded": 0, "wait_s": 0.0,
-                       "python_decode_s": 0.0, "ready_on_arrival": 0}
+                       "python_decode_s": 0.0, "ready_on_arrival": 0, "slots_busy_sum": 0}
         self._skipped_names: deque[str] = deque(maxlen=SKIPPED_NAMES_KEPT)
         self._t_start: float | None = None
 
@@ -151,6 +151,10 @@ class Loader:
         out["skipped_names"] = list(self._skipped_names)
         out["backend"] = self.backend
         out["slots"] = len(self._ring) if self._ring else self.prefetch + 2
+        # mean share of the ring holding batches in flight when the consumer asked for the next one
+        out["slot_occupancy"] = out.pop("slots_busy_sum") / max(1, out["batches"]) / out["slots"]
+        if self._decoder is not None and hasattr(self._decoder, "simd"):
+            out["pillow_simd"] = self._decoder.simd
         if self._t_start is not None and out["samples"]:
             out["images_per_s"] = out["samples"] / (time.perf_counter() - self._t_start)
         return out
@@ -306,6 +310,7 @@ class Loader:
                     in_slot[submitted] = (k, ind)
                     submitted += 1
                 t0 = time.perf_counter()
+                self._stats["slots_busy_sum"] += len(in_slot)
                 if b in done:
                     self._stats["ready_on_arrival"] += 1
                 while b not in done:

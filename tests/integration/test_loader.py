@@ -184,6 +184,7 @@ def test_stats_report_every_stage(dataset):
     assert st["objects"] == 40 and st["bytes"] > 0 and st["decoded"] == 40
     assert st["fetch_latency_p99_s"] >= st["fetch_latency_p50_s"] > 0
     assert st["decode_s"] > 0 and st["batches"] == 5 and st["images_per_s"] > 0
+    assert 0 < st["slot_occupancy"] <= 1 and st["skipped"] == 0 and st["skipped_names"] == []
 
 
 def test_fork_after_iterating(dataset):
@@ -225,3 +226,17 @@ def test_dataloader_adapter_covers_the_epoch_with_workers(dataset):
     labels = torch.cat([y for _, y in DataLoader(ds, batch_size=None, num_workers=2)])
     idx = load_index(f"gs://{dataset}/train")
     assert sorted(labels.tolist()) == sorted(idx.labels.tolist())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True)])
+def test_cuda_ring_matches_cpu(dataset, dtype, channels_last):
+    with _loader(f"gs://{dataset}/train", train=False) as cpu, \
+            _loader(f"gs://{dataset}/train", train=False, device="cuda", dtype=dtype, channels_last=channels_last,
+                    prefetch=1) as gpu:
+        for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=True):
+            assert xg.device.type == "cuda" and xg.dtype == dtype and yg.device.type == "cuda"
+            assert xg.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            assert torch.equal(yc, yg.cpu())
+            assert float((xc - xg.float().cpu()).abs().max()) < (0.05 if dtype == torch.bfloat16 else 1e-4)
