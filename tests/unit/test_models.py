@@ -15,6 +15,7 @@ GOLDEN = Path(__file__).parent / "golden"
 # torchvision's published numbers: (state_dict entries, parameter tensors, total parameter count)
 EXPECTED = {"resnet50": (320, 161, 25_557_032), "resnet18": (122, 62, 11_689_512)}
 ARCHS = sorted(EXPECTED)
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_counts_match_torchvision(models: dict[str, nn.Module], arch: str) -> No
     assert sum(p.numel() for p in model.parameters()) == total
     golden = (GOLDEN / f"{arch}_state_dict.txt").read_text().splitlines()
     assert len(golden) == entries
-    shapes = [line.split()[1] for line in golden if not line.split()[0].endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    shapes = [line.split()[1] for line in golden if not line.split()[0].endswith(BUFFERS)]
     assert sum(math.prod(int(d) for d in s.split(",")) for s in shapes) == total
 
 
