@@ -12,7 +12,8 @@ JSON schema (--json PATH):
      "cores": int, "pil": str,
      "results": [{"backend": str, "source": "bucket" | "memory", "images_per_s": float,
                   "cpu_cores": float,          # process CPU seconds per wall second while measuring
-                  "batches": int, "rss_mb_start": float, "rss_mb_end": float}],
+                  "batches": int, "rss_mb_start": float, "rss_mb_end": float,
+                  "rss_mb_samples": [float]}],   # after warm-up, then every tenth of the measured time
      "ratios": {"native_vs_baseline": float, "native_vs_dali": float, "native_stream_vs_memory": float}}
 A PNG bar chart is written next to the JSON (or to --png).
 """
@@ -118,8 +119,13 @@ def measure(make, seconds: float) -> dict:
         it = iter(loader)
         next(it)  # warm-up: connections, threads, arenas
         images = batches = 0
+        rss_samples = [rss_mb()]
         c0, t0 = time.process_time(), time.perf_counter()
+        next_sample = t0 + seconds / 10
         while time.perf_counter() - t0 < seconds:
+            if time.perf_counter() >= next_sample:
+                rss_samples.append(rss_mb())
+                next_sample += seconds / 10
             try:
                 x, _ = next(it)
             except StopIteration:
@@ -131,7 +137,7 @@ def measure(make, seconds: float) -> dict:
     finally:
         loader.close()
     return {"images_per_s": images / wall, "cpu_cores": cpu / wall, "batches": batches, "rss_mb_start": rss0,
-            "rss_mb_end": rss_mb()}
+            "rss_mb_end": rss_mb(), "rss_mb_samples": [round(x, 1) for x in rss_samples]}
 
 
 def plot(results: list[dict], path: Path, title: str) -> None:

@@ -60,6 +60,14 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draws a metrics file's curves to PNG."""
+    from .plot import main as plot_main
+
+    return plot_main([args.metrics] + (["--out", args.out] if args.out else []) + (["--title", args.title]
+                                                                                   if args.title else []))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the hivedata command."""
     ap = argparse.ArgumentParser(prog="hivedata", description="Stream ImageNet from GCS into training.")
@@ -78,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", help="labels file for a flat validation folder (path or gs://)")
     p.add_argument("--refresh", action="store_true", help="list the bucket again even if cached")
     p.set_defaults(fn=cmd_index)
+    p = sub.add_parser("plot", help="draw a training metrics file (.jsonl/.csv) to PNG")
+    p.add_argument("metrics", help="metrics file written by train.py")
+    p.add_argument("--out", help="PNG path (default: next to the metrics file)")
+    p.add_argument("--title", help="plot title")
+    p.set_defaults(fn=cmd_plot)
     args = ap.parse_args(argv)
     return args.fn(args)
 

@@ -1,0 +1,240 @@
+"""One collaborative training peer: hivemind DHT + Optimizer around a ResNet fed by hivedata loaders."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from typing import Any
+
+import hivemind
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import CheckpointStore
+from .loader import Loader
+from .metrics import MetricsLog
+from .models import build_model, param_groups
+from .optim import optimizer_factory
+from .schedule import scheduler_factory
+from .swarm import PeerRegistry, announce, initial_peers, peer_seed, visible_maddrs
+
+log = logging.getLogger("hivedata.train")
+
+
+class SwarmOptimizer(hivemind.Optimizer):
+    """hivemind.Optimizer that remembers how many peers each gradient-averaging round included."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_group_size = 1
+        self.group_sizes: list[tuple[int, int]] = []  # (global epoch, peers averaged with)
+
+    def _average_gradients_and_load_into_optimizer(self, maybe_step_control):  # noqa: ANN001
+        super()._average_gradients_and_load_into_optimizer(maybe_step_control)
+        size = 1
+        if maybe_step_control is not None and maybe_step_control.done():
+            try:
+                size = len(maybe_step_control.result(0))
+            except BaseException:  # averaging failed: the step used local gradients
+                size = 1
+        self.last_group_size = size
+        self.group_sizes.append((self.local_epoch, size))
+
+
+def pick_device(name: str | None) -> torch.device:
+    """The requested device, or the best available one."""
+    if name:
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA device")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise SystemExit("--device mps: MPS is not available")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def bn_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    """BatchNorm running statistics, averaged across peers as hivemind extra_tensors."""
+    return [b for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var"))]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Loader, max_batches: int | None) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy over at most max_batches validation batches."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = total = 0
+    for i, (images, labels) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        top5 = model(images).topk(min(5, model.fc.out_features), dim=1).indices
+        correct1 += int((top5[:, 0] == labels).sum())
+        correct5 += int((top5 == labels[:, None]).any(dim=1).sum())
+        total += len(labels)
+    loader.set_epoch(0)  # validation always reads the same batches
+    model.train(was_training)
+    return correct1 / max(total, 1), correct5 / max(total, 1)
+
+
+class Trainer:
+    """Builds the swarm, model, optimizer and loaders from train.py's flags, then runs the loop."""
+
+    def __init__(self, args: argparse.Namespace, *, loopback: bool = False) -> None:
+        self.args = args
+        self.device = pick_device(args.device)
+        torch.manual_seed(args.seed)
+        host = "127.0.0.1" if loopback else "0.0.0.0"
+        registry_reader = PeerRegistry(args.bucket, args.run_id) if args.bucket else None
+        peers = initial_peers(explicit=args.initial_peer, registry=registry_reader,
+                              fetch_gcs_path=args.fetch_gcs_path)
+        self.dht = hivemind.DHT(start=True, initial_peers=peers, host_maddrs=[f"/ip4/{host}/tcp/{args.host_port}"],
+                                announce_maddrs=args.announce_maddr or None, client_mode=args.client_mode,
+                                identity_path=args.identity_path)
+        self.peer_id = str(self.dht.peer_id)
+        maddrs = visible_maddrs(self.dht)
+        log.info("peer %s joined with %d initial peers; reachable at %s", self.peer_id, len(peers), maddrs)
+        self.registry = None
+        if args.bucket and not args.client_mode:
+            self.registry = PeerRegistry(args.bucket, args.run_id, peer_id=self.peer_id, maddrs=maddrs)
+            self.registry.start()
+        if args.announce_gcs_path:
+            announce(args.announce_gcs_path, maddrs)
+
+        self.train_loader = Loader(f"gs://{args.bucket}/{args.train_prefix}", batch_size=args.batch_size, train=True,
+                                   image_size=args.image_size, backend=args.backend, device=str(self.device),
+                                   seed=peer_seed(self.peer_id, args.seed), workers=args.num_workers,
+                                   channels_last=self.device.type == "cuda")
+        self.val_loader = Loader(f"gs://{args.bucket}/{args.val_prefix}", batch_size=args.batch_size, train=False,
+                                 image_size=args.image_size, backend=args.backend, device=str(self.device),
+                                 classes=self.train_loader.index.classes, labels=args.val_labels,
+                                 workers=args.num_workers, channels_last=self.device.type == "cuda")
+        num_classes = len(self.train_loader.index.classes)
+        model = build_model(args.arch, num_classes).to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.forward = torch.compile(model) if args.compile and self.device.type == "cuda" else model
+
+        samples = len(self.train_loader.index)
+        self.total_global_epochs = max(1, math.ceil(args.epochs * samples / args.target_batch_size))
+        warmup = args.warmup_epochs * samples / args.target_batch_size
+        self.opt = SwarmOptimizer(
+            dht=self.dht, run_id=args.run_id, params=param_groups(model, args.weight_decay),
+            optimizer=optimizer_factory(args.optimizer, lr=args.lr, weight_decay=args.weight_decay),
+            scheduler=scheduler_factory(warmup_epochs=warmup, total_epochs=self.total_global_epochs,
+                                        decay=args.lr_decay),
+            batch_size_per_step=args.batch_size, target_batch_size=args.target_batch_size,
+            matchmaking_time=args.matchmaking_time, averaging_timeout=args.averaging_timeout,
+            grad_compression=hivemind.Float16Compression(),
+            state_averaging_compression=hivemind.Float16Compression(),
+            extra_tensors=bn_buffers(model), client_mode=args.client_mode, verbose=False)
+        self.store = CheckpointStore(args.checkpoint_dir) if args.checkpoint_dir else None
+        self.metrics = MetricsLog(args.metrics) if args.metrics else None
+        self.best_top1 = 0.0
+        self.last_top1: float | None = None
+
+    # -- state ------------------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """--resume from disk first; then pull newer state from the swarm if it is ahead of us."""
+        if self.args.resume and self.store is not None:
+            state = self.store.load("latest")
+            if state is not None:
+                self.model.load_state_dict(state["model"])
+                self.opt.load_state_dict(state["optimizer"])
+                self.train_loader.load_state_dict(state["loader"])
+                self.best_top1 = state.get("best_top1", 0.0)
+                log.info("resumed from disk at global epoch %d", self.opt.local_epoch)
+        self.opt.load_state_from_peers()
+
+    def checkpoint(self) -> None:
+        """Writes model, optimizer (with its global epoch), loader position and flags atomically."""
+        if self.store is None:
+            return
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "local_epoch": self.opt.local_epoch, "loader": self.train_loader.state_dict(),
+                 "args": vars(self.args), "best_top1": self.best_top1, "val_top1": self.last_top1}
+        self.store.save(state, step=self.opt.local_epoch, metric=self.last_top1)
+
+    # -- loop -------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Trains until the schedule ends, --max_minutes pass or --target_accuracy is reached."""
+        args = self.args
+        self.restore()
+        start = time.time()
+        step = 0
+        epoch_seen = self.opt.local_epoch
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else None
+        done = False
+        validated_at = None
+        self.model.train()
+        while not done:
+            t_batch = time.perf_counter()
+            for images, labels in self.train_loader:
+                if autocast is not None:
+                    with autocast:
+                        loss = F.cross_entropy(self.forward(images), labels, label_smoothing=args.label_smoothing)
+                else:
+                    loss = F.cross_entropy(self.forward(images), labels, label_smoothing=args.label_smoothing)
+                loss.backward()
+                self.opt.step()
+                self.opt.zero_grad()
+                step += 1
+                now = time.perf_counter()
+                row = {"step": step, "time": round(time.time() - start, 3), "loss": float(loss),
+                       "samples_per_s": len(labels) / max(now - t_batch, 1e-9), "global_epoch": self.opt.local_epoch,
+                       "peers": self.opt.tracker.global_progress.num_peers,
+                       "lr": self.opt.opt.param_groups[0]["lr"]}
+                t_batch = now
+                if self.opt.local_epoch != epoch_seen:
+                    epoch_seen = self.opt.local_epoch
+                    row["averaged_with"] = self.opt.last_group_size
+                    log.info("global epoch %d: averaged with %d peers, loss %.3f, lr %.4f", epoch_seen,
+                             self.opt.last_group_size, float(loss), row["lr"])
+                    if epoch_seen % args.val_every == 0 or epoch_seen >= self.total_global_epochs:
+                        row.update(self.validate())
+                        self.checkpoint()
+                        validated_at = epoch_seen
+                if self.metrics is not None:
+                    st = self.train_loader.stats()
+                    row.update({f"loader_{k}": st.get(k) for k in ("images_per_s", "skipped", "retries", "wait_s")})
+                    self.metrics.write(row)
+                if self._should_stop(start):
+                    done = True
+                    break
+        if validated_at != self.opt.local_epoch:
+            self.validate()
+            self.checkpoint()
+        return {"global_epoch": self.opt.local_epoch, "val_top1": self.last_top1, "best_top1": self.best_top1,
+                "minutes": (time.time() - start) / 60, "group_sizes": list(self.opt.group_sizes),
+                "peer_id": self.peer_id}
+
+    def validate(self) -> dict[str, float]:
+        """Runs validation, remembers the best, returns the metrics row fields."""
+        top1, top5 = evaluate(self.model, self.val_loader, self.args.val_batches)
+        self.last_top1 = top1
+        self.best_top1 = max(self.best_top1, top1)
+        log.info("global epoch %d: validation top-1 %.3f top-5 %.3f", self.opt.local_epoch, top1, top5)
+        return {"val_top1": top1, "val_top5": top5}
+
+    def _should_stop(self, start: float) -> bool:
+        args = self.args
+        if self.opt.local_epoch >= self.total_global_epochs:
+            return True
+        if args.max_minutes is not None and time.time() - start > args.max_minutes * 60:
+            return True
+        return args.target_accuracy is not None and (self.last_top1 or 0) >= args.target_accuracy
+
+    def close(self) -> None:
+        """Leaves the swarm and stops every thread."""
+        if self.registry is not None:
+            self.registry.stop()
+        self.train_loader.close()
+        self.val_loader.close()
+        self.opt.shutdown()
+        self.dht.shutdown()
