@@ -16,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     embedded = args.bucket is None or args.embedded_peer
     fill_defaults(args, embedded=embedded)
+    if args.warmup_epochs >= args.epochs:
+        print(f"train.py: error: --warmup_epochs ({args.warmup_epochs}) must be below --epochs ({args.epochs})",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("hivemind").setLevel(logging.WARNING)
     from .trainer import Trainer

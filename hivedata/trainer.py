@@ -22,6 +22,9 @@ from .swarm import PeerRegistry, announce, initial_peers, peer_seed, visible_mad
 
 log = logging.getLogger("hivedata.train")
 
+METRIC_FIELDS = ["step", "time", "loss", "samples_per_s", "global_epoch", "peers", "lr", "averaged_with", "val_top1",
+                 "val_top5", "loader_images_per_s", "loader_skipped", "loader_retries", "loader_wait_s"]
+
 
 class SwarmOptimizer(hivemind.Optimizer):
     """hivemind.Optimizer that remembers how many peers each gradient-averaging round included."""
@@ -135,7 +138,7 @@ class Trainer:
             state_averaging_compression=hivemind.Float16Compression(),
             extra_tensors=bn_buffers(model), client_mode=args.client_mode, verbose=False)
         self.store = CheckpointStore(args.checkpoint_dir) if args.checkpoint_dir else None
-        self.metrics = MetricsLog(args.metrics) if args.metrics else None
+        self.metrics = MetricsLog(args.metrics, fields=METRIC_FIELDS) if args.metrics else None
         self.best_top1 = 0.0
         self.last_top1: float | None = None
 
