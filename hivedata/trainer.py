@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import hivemind
+from hivemind.compression import Float16Compression
 import torch
 import torch.nn.functional as F
 
@@ -134,8 +135,8 @@ class Trainer:
                                         decay=args.lr_decay),
             batch_size_per_step=args.batch_size, target_batch_size=args.target_batch_size,
             matchmaking_time=args.matchmaking_time, averaging_timeout=args.averaging_timeout,
-            grad_compression=hivemind.Float16Compression(),
-            state_averaging_compression=hivemind.Float16Compression(),
+            grad_compression=Float16Compression(),
+            state_averaging_compression=Float16Compression(),
             extra_tensors=bn_buffers(model), client_mode=args.client_mode, verbose=False)
         self.store = CheckpointStore(args.checkpoint_dir) if args.checkpoint_dir else None
         self.metrics = MetricsLog(args.metrics, fields=METRIC_FIELDS) if args.metrics else None
