@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("hivemind").setLevel(logging.WARNING)
+    os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")  # read by hivemind at import
     from .trainer import Trainer
 
     em, procs = None, []
