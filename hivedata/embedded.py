@@ -22,9 +22,9 @@ def prepare_emulator(spec: SyntheticSpec = EMBEDDED_SPEC, *, progress: bool = Tr
     return em
 
 
-def peer_command(argv: list[str], index: int, metrics: str | None) -> list[str]:
+def peer_command(argv: list[str], index: int, metrics: str | None, checkpoint_dir: str | None) -> list[str]:
     """The command line of extra local peer `index`: the same flags, pointed at the embedded bucket."""
-    drop = {"--peers"}
+    drop = {"--peers", "--metrics", "--checkpoint_dir"}
     out, skip = [], False
     for a in argv:
         if skip:
@@ -33,13 +33,15 @@ def peer_command(argv: list[str], index: int, metrics: str | None) -> list[str]:
         if a in drop:
             skip = True
             continue
-        if a.startswith("--peers="):
+        if a.split("=", 1)[0] in drop:
             continue
         out.append(a)
     cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "train.py"), *out,
            "--bucket", EMBEDDED_BUCKET, "--embedded_peer"]
     if metrics:
         cmd += ["--metrics", metrics]
+    if checkpoint_dir:
+        cmd += ["--checkpoint_dir", checkpoint_dir]
     return cmd
 
 
@@ -51,5 +53,6 @@ def start_extra_peers(args: argparse.Namespace, argv: list[str]) -> list[subproc
         if args.metrics:
             base, dot, ext = args.metrics.rpartition(".")
             metrics = f"{base}.peer{i}.{ext}" if dot else f"{args.metrics}.peer{i}"
-        procs.append(subprocess.Popen(peer_command(argv, i, metrics), env=dict(os.environ)))
+        ckpt = f"{args.checkpoint_dir.rstrip('/')}/peer{i}" if args.checkpoint_dir else None
+        procs.append(subprocess.Popen(peer_command(argv, i, metrics, ckpt), env=dict(os.environ)))
     return procs

@@ -190,7 +190,7 @@ class Trainer:
                 self.opt.zero_grad()
                 step += 1
                 now = time.perf_counter()
-                row = {"step": step, "time": round(time.time() - start, 3), "loss": float(loss),
+                row = {"step": step, "time": round(time.time() - start, 3), "loss": loss.item(),
                        "samples_per_s": len(labels) / max(now - t_batch, 1e-9), "global_epoch": self.opt.local_epoch,
                        "peers": self.opt.tracker.global_progress.num_peers,
                        "lr": self.opt.opt.param_groups[0]["lr"]}
