@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 import hivemind
-from hivemind.compression import Float16Compression
 import torch
 import torch.nn.functional as F
+from hivemind.compression import Float16Compression
 
 from .checkpoint import CheckpointStore
 from .loader import Loader
