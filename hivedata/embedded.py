@@ -22,9 +22,10 @@ def prepare_emulator(spec: SyntheticSpec = EMBEDDED_SPEC, *, progress: bool = Tr
     return em
 
 
-def peer_command(argv: list[str], index: int, metrics: str | None, checkpoint_dir: str | None) -> list[str]:
+def peer_command(argv: list[str], index: int, metrics: str | None, checkpoint_dir: str | None,
+                 peers: int) -> list[str]:
     """The command line of extra local peer `index`: the same flags, pointed at the embedded bucket."""
-    drop = {"--peers", "--metrics", "--checkpoint_dir"}
+    drop = {"--peers", "--metrics", "--checkpoint_dir", "--wait_peers"}
     out, skip = [], False
     for a in argv:
         if skip:
@@ -37,7 +38,7 @@ def peer_command(argv: list[str], index: int, metrics: str | None, checkpoint_di
             continue
         out.append(a)
     cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "train.py"), *out,
-           "--bucket", EMBEDDED_BUCKET, "--embedded_peer"]
+           "--bucket", EMBEDDED_BUCKET, "--embedded_peer", "--wait_peers", str(peers)]
     if metrics:
         cmd += ["--metrics", metrics]
     if checkpoint_dir:
@@ -54,5 +55,5 @@ def start_extra_peers(args: argparse.Namespace, argv: list[str]) -> list[subproc
             base, dot, ext = args.metrics.rpartition(".")
             metrics = f"{base}.peer{i}.{ext}" if dot else f"{args.metrics}.peer{i}"
         ckpt = f"{args.checkpoint_dir.rstrip('/')}/peer{i}" if args.checkpoint_dir else None
-        procs.append(subprocess.Popen(peer_command(argv, i, metrics, ckpt), env=dict(os.environ)))
+        procs.append(subprocess.Popen(peer_command(argv, i, metrics, ckpt, args.peers), env=dict(os.environ)))
     return procs

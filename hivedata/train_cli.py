@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             from .embedded import start_extra_peers
 
             procs = start_extra_peers(args, argv)
+            args.wait_peers = args.peers
         summary = trainer.run()
     finally:
         trainer.close()

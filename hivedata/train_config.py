@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--metrics", default=None, help="per-step metrics file (.jsonl or .csv)")
     c.add_argument("--peers", type=int, default=1, help="embedded default: start this many local peers")
     c.add_argument("--embedded_peer", action="store_true", help=argparse.SUPPRESS)  # set on local extra peers
+    c.add_argument("--wait_peers", type=int, default=1, help=argparse.SUPPRESS)  # local peers start together
     return p
 
 

@@ -166,9 +166,19 @@ class Trainer:
         self.store.save(state, step=self.opt.local_epoch, metric=self.last_top1)
 
     # -- loop -------------------------------------------------------------------------------------------
+    def wait_for_peers(self, timeout_s: float = 180.0) -> None:
+        """Local multi-peer runs: wait until the other peers have registered, so all of them train together."""
+        if self.args.wait_peers <= 1 or self.registry is None:
+            return
+        deadline = time.time() + timeout_s
+        while len(self.registry.live_peers()) < self.args.wait_peers - 1 and time.time() < deadline:
+            time.sleep(0.5)
+        log.info("%d other peers registered", len(self.registry.live_peers()))
+
     def run(self) -> dict[str, Any]:
         """Trains until the schedule ends, --max_minutes pass or --target_accuracy is reached."""
         args = self.args
+        self.wait_for_peers()
         self.restore()
         start = time.time()
         step = 0

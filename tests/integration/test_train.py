@@ -33,9 +33,9 @@ def test_embedded_default_learns_above_80_percent(tmp_path):
 
 
 def test_two_local_peers_average_with_each_other(tmp_path):
-    summaries, log = _train(tmp_path, "--peers", "2", "--epochs", "1", "--warmup_epochs", "0.25",
+    summaries, log = _train(tmp_path, "--peers", "2", "--epochs", "2", "--warmup_epochs", "0.25",
                             "--matchmaking_time", "2", "--max_minutes", "6")
     assert len(summaries) == 2 and summaries[0]["peer_id"] != summaries[1]["peer_id"]
-    assert summaries[0]["global_epoch"] == summaries[1]["global_epoch"] >= 8
+    assert summaries[0]["global_epoch"] == summaries[1]["global_epoch"] >= 16
     # from hivemind's own group info of the gradient-averaging rounds, not from log text
     assert summaries[0]["averaged_with_max"] == 2 and summaries[1]["averaged_with_max"] == 2
