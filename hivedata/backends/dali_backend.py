@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,7 +54,21 @@ INSTALL_HINT = "pip install nvidia-dali-cuda130"
 
 # DALI pipelines inherited over fork() must never be destroyed in the child (their worker threads
 # do not exist there and the destructor would wait for them): keep them referenced.
+# Every pipeline built in this process is tracked weakly, and a forked child takes a strong reference
+# to all of them at once: that covers pipelines of other decoders still waiting for the garbage
+# collector, which would otherwise be destroyed (and crash) in the child.
 _forked_orphans: list[object] = []
+_live_pipelines: weakref.WeakSet = weakref.WeakSet()
+
+
+def _orphan_inherited_pipelines() -> None:
+    """In a forked child: keep every pipeline inherited from the parent alive for good."""
+    _forked_orphans.extend(_live_pipelines)
+    _live_pipelines.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_orphan_inherited_pipelines)
 
 
 def _import_dali():
@@ -137,6 +152,7 @@ class DaliDecoder:
                                  out_of_bounds_policy="pad")
             pipe.set_outputs(images)
         pipe.build()
+        _live_pipelines.add(pipe)
         self._builds += 1
         return pipe
 

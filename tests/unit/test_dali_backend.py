@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import multiprocessing
 import os
@@ -210,6 +211,35 @@ def test_decoder_works_in_forked_child():
         p.join(timeout=30)
         assert ok and p.exitcode == 0, info
         assert decode(d, [jpeg()])[1] == [None]  # and the parent's still works
+
+
+def _child_collects_then_decodes(dec, q):
+    try:
+        gc.collect()  # an inherited, unreachable pipeline must not be destroyed here
+        _child_decodes(dec, q)
+    except BaseException as e:  # pragma: no cover - reported to the parent
+        q.put((False, repr(e)))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_garbage_pipeline_of_another_decoder_survives_fork():
+    gc.collect()
+    gc.disable()  # keep the abandoned decoder's cycle uncollected until the child runs
+    try:
+        abandoned = make(EVAL)
+        assert decode(abandoned, [jpeg()])[1] == [None]
+        abandoned.cycle = abandoned  # unreachable once deleted, destroyed only by the collector
+        del abandoned
+        with make(EVAL) as d:
+            ctx = multiprocessing.get_context("fork")
+            q = ctx.Queue()
+            p = ctx.Process(target=_child_collects_then_decodes, args=(d, q))
+            p.start()
+            ok, info = q.get(timeout=60)
+            p.join(timeout=30)
+            assert ok and p.exitcode == 0, info
+    finally:
+        gc.enable()
 
 
 # -- construction -----------------------------------------------------------------------------------
