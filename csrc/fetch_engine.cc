@@ -75,6 +75,7 @@ struct Transfer {
   std::vector<uint8_t> owned;
   curl_slist* headers = nullptr;
   int attempts = 0;
+  uint64_t seq = 0;  // the Submit() call it came from: CancelAll() only reaches earlier submissions
   Clock::time_point first_start{};
   Clock::time_point ready_at{};
   FetchStatus last_error;
@@ -146,7 +147,7 @@ struct FetchEngine::State {
   void FinishAttempt(CURL* easy, CURLcode rc);
   FetchStatus Judge(Transfer* t, CURLcode rc, bool* retryable);
   void Complete(std::unique_ptr<Transfer> t, FetchStatus status);
-  void CancelEverything();
+  void CancelUpTo(uint64_t seq);
   double Backoff(const Transfer& t);
 
   static size_t OnHeader(char* buf, size_t size, size_t n, void* userp);
@@ -165,7 +166,8 @@ struct FetchEngine::State {
   uint64_t token_version = 0;
   bool stop = false;
   bool started = false;
-  bool cancel_requested = false;
+  uint64_t submit_seq = 0;  // Submit() calls so far
+  uint64_t cancel_upto = 0;  // pending CancelAll(): cancel transfers with seq <= this (0: none)
 
   // I/O thread only.
   std::deque<std::unique_ptr<Transfer>> ready;
@@ -419,29 +421,44 @@ void FetchEngine::State::Complete(std::unique_ptr<Transfer> t, FetchStatus statu
   results_cv.notify_all();
 }
 
-void FetchEngine::State::CancelEverything() {
+void FetchEngine::State::CancelUpTo(uint64_t seq) {
+  // Only transfers submitted before the CancelAll() call: a later Submit() (say, the next epoch's
+  // first batch, queued before this thread got to the request) must not be cancelled with them.
   auto cancel = [this](std::unique_ptr<Transfer> t) {
     FetchStatus st{ErrorKind::kCancelled, 0, 0, "cancelled: " + t->Describe()};
     Complete(std::move(t), std::move(st));
   };
-  for (auto& kv : active) {
-    curl_multi_remove_handle(multi, kv.first);
-    curl_slist_free_all(kv.second->headers);
-    kv.second->headers = nullptr;
-    free_easy.push_back(kv.first);
-    cancel(std::move(kv.second));
+  for (auto it = active.begin(); it != active.end();) {
+    if (it->second->seq > seq) {
+      ++it;
+      continue;
+    }
+    curl_multi_remove_handle(multi, it->first);
+    curl_slist_free_all(it->second->headers);
+    it->second->headers = nullptr;
+    free_easy.push_back(it->first);
+    cancel(std::move(it->second));
+    it = active.erase(it);
   }
-  active.clear();
-  n_active.store(0, std::memory_order_relaxed);
-  for (auto& t : ready) cancel(std::move(t));
-  ready.clear();
-  for (auto& t : delayed) cancel(std::move(t));
-  delayed.clear();
+  n_active.store(active.size(), std::memory_order_relaxed);
+  auto sweep = [&](auto& list) {
+    size_t keep = 0;
+    for (size_t i = 0; i < list.size(); ++i) {
+      if (list[i]->seq > seq) {
+        list[keep++] = std::move(list[i]);
+      } else {
+        cancel(std::move(list[i]));
+      }
+    }
+    list.erase(list.begin() + static_cast<std::ptrdiff_t>(keep), list.end());
+  };
+  sweep(ready);
+  sweep(delayed);
 }
 
 void FetchEngine::State::Run() {
   while (true) {
-    bool cancel = false;
+    uint64_t cancel = 0;
     {
       std::lock_guard<std::mutex> lock(mu);
       if (stop) break;
@@ -453,10 +470,10 @@ void FetchEngine::State::Run() {
         io_token = token;
         io_token_version = token_version;
       }
-      cancel = cancel_requested;
-      cancel_requested = false;
+      cancel = cancel_upto;
+      cancel_upto = 0;
     }
-    if (cancel) CancelEverything();
+    if (cancel) CancelUpTo(cancel);
 
     Clock::time_point now = Clock::now();
     Clock::time_point next_retry = Clock::time_point::max();
@@ -563,7 +580,11 @@ void FetchEngine::Submit(std::vector<FetchRequest> requests) {
   if (good.empty()) return;
   {
     std::lock_guard<std::mutex> lock(s->mu);
-    for (auto& t : good) s->incoming.push_back(std::move(t));
+    uint64_t seq = ++s->submit_seq;
+    for (auto& t : good) {
+      t->seq = seq;
+      s->incoming.push_back(std::move(t));
+    }
   }
   curl_multi_wakeup(s->multi);
 }
@@ -588,7 +609,7 @@ void FetchEngine::CancelAll() {
   State* s = state();
   {
     std::lock_guard<std::mutex> lock(s->mu);
-    s->cancel_requested = true;
+    s->cancel_upto = s->submit_seq;
   }
   curl_multi_wakeup(s->multi);
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics:
         Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(args, loopback=embedded)
+    # SIGTERM (a preempted VM, a supervisor stopping us): finish the step, checkpoint, leave with status 143
+    signal.signal(signal.SIGTERM, lambda signum, frame: trainer.request_stop("SIGTERM"))
     try:
         if em is not None and args.peers > 1:
             from .embedded import start_extra_peers
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
             procs = start_extra_peers(args, argv)
             args.wait_peers = args.peers
         summary = trainer.run()
+    except KeyboardInterrupt:
+        print("train.py: interrupted; the checkpoint (if any) is in --checkpoint_dir", file=sys.stderr)
+        return 130
     finally:
         trainer.close()
         for p in procs:
@@ -59,4 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         png = str(Path(args.metrics).with_suffix(".png"))
         plot_metrics(read_metrics(args.metrics), png, title=f"{args.arch} on gs://{args.bucket}")
         print(f"metrics: {args.metrics}, plot: {png}")
+    if summary.get("stopped_by") == "SIGTERM":
+        return 128 + signal.SIGTERM
     return 0 if all(p.returncode == 0 for p in procs) else 1

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint_dir", default=None, help="local directory or gs://bucket/prefix")
     c.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in --checkpoint_dir")
     c.add_argument("--metrics", default=None, help="per-step metrics file (.jsonl or .csv)")
+    c.add_argument("--no_progress", dest="progress", action="store_false",
+                   help="no progress bar (it is shown only when stderr is a terminal anyway)")
     c.add_argument("--peers", type=int, default=1, help="embedded default: start this many local peers")
     c.add_argument("--embedded_peer", action="store_true", help=argparse.SUPPRESS)  # set on local extra peers
     c.add_argument("--wait_peers", type=int, default=1, help=argparse.SUPPRESS)  # local peers start together

@@ -12,6 +12,8 @@ import hivemind
 import torch
 import torch.nn.functional as F
 from hivemind.compression import Float16Compression
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .checkpoint import CheckpointStore
 from .loader import Loader
@@ -110,9 +112,16 @@ class Trainer:
         if args.announce_gcs_path:
             announce(args.announce_gcs_path, maddrs)
 
+        self.store = CheckpointStore(args.checkpoint_dir) if args.checkpoint_dir else None
+        self.resume_state = self.store.load("latest") if args.resume and self.store is not None else None
+        if args.resume and self.resume_state is None:
+            log.warning("--resume: no loadable checkpoint in %s; starting fresh", args.checkpoint_dir)
+        # a resumed peer continues the data order it was in (its seed), even if its peer id changed
+        data_seed = (int(self.resume_state["loader"]["seed"]) if self.resume_state is not None
+                     else peer_seed(self.peer_id, args.seed))
         self.train_loader = Loader(f"gs://{args.bucket}/{args.train_prefix}", batch_size=args.batch_size, train=True,
                                    image_size=args.image_size, backend=args.backend, device=str(self.device),
-                                   seed=peer_seed(self.peer_id, args.seed), workers=args.num_workers,
+                                   seed=data_seed, workers=args.num_workers,
                                    channels_last=self.device.type == "cuda")
         self.val_loader = Loader(f"gs://{args.bucket}/{args.val_prefix}", batch_size=args.batch_size, train=False,
                                  image_size=args.image_size, backend=args.backend, device=str(self.device),
@@ -138,22 +147,23 @@ class Trainer:
             grad_compression=Float16Compression(),
             state_averaging_compression=Float16Compression(),
             extra_tensors=bn_buffers(model), client_mode=args.client_mode, verbose=False)
-        self.store = CheckpointStore(args.checkpoint_dir) if args.checkpoint_dir else None
         self.metrics = MetricsLog(args.metrics, fields=METRIC_FIELDS) if args.metrics else None
         self.best_top1 = 0.0
         self.last_top1: float | None = None
+        self.stop_reason: str | None = None  # set by request_stop(): leave at the next step boundary
 
     # -- state ------------------------------------------------------------------------------------------
     def restore(self) -> None:
-        """--resume from disk first; then pull newer state from the swarm if it is ahead of us."""
-        if self.args.resume and self.store is not None:
-            state = self.store.load("latest")
-            if state is not None:
-                self.model.load_state_dict(state["model"])
-                self.opt.load_state_dict(state["optimizer"])
-                self.train_loader.load_state_dict(state["loader"])
-                self.best_top1 = state.get("best_top1", 0.0)
-                log.info("resumed from disk at global epoch %d", self.opt.local_epoch)
+        """--resume from disk first; then pull the swarm's state if it is at least as far along as ours."""
+        state, self.resume_state = self.resume_state, None
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.train_loader.load_state_dict(state["loader"])
+            self.best_top1 = state.get("best_top1", 0.0)
+            log.info("resumed from disk at global epoch %d (checkpoint of peer %s)", self.opt.local_epoch,
+                     state.get("peer_id", "?"))
+        # hivemind refuses ("cowardly") a peer state older than ours, so a resumed peer keeps its own
         self.opt.load_state_from_peers()
 
     def checkpoint(self) -> None:
@@ -162,7 +172,8 @@ class Trainer:
             return
         state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                  "local_epoch": self.opt.local_epoch, "loader": self.train_loader.state_dict(),
-                 "args": vars(self.args), "best_top1": self.best_top1, "val_top1": self.last_top1}
+                 "args": vars(self.args), "peer_id": self.peer_id, "best_top1": self.best_top1,
+                 "val_top1": self.last_top1}
         self.store.save(state, step=self.opt.local_epoch, metric=self.last_top1)
 
     # -- loop -------------------------------------------------------------------------------------------
@@ -177,9 +188,23 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Trains until the schedule ends, --max_minutes pass or --target_accuracy is reached."""
-        args = self.args
         self.wait_for_peers()
         self.restore()
+        # a progress bar over global epochs on a terminal (tqdm turns itself off when stderr is not one)
+        bar = tqdm(total=self.total_global_epochs, initial=self.opt.local_epoch, unit="epoch", desc="global epoch",
+                   dynamic_ncols=True, disable=None if self.args.progress else True)
+        try:
+            with logging_redirect_tqdm():
+                return self._loop(bar)
+        except KeyboardInterrupt:
+            log.warning("interrupted at global epoch %d: writing a checkpoint before leaving", self.opt.local_epoch)
+            self.checkpoint()
+            raise
+        finally:
+            bar.close()
+
+    def _loop(self, bar: tqdm) -> dict[str, Any]:
+        args = self.args
         start = time.time()
         step = 0
         epoch_seen = self.opt.local_epoch
@@ -205,11 +230,14 @@ class Trainer:
                        "peers": self.opt.tracker.global_progress.num_peers,
                        "lr": self.opt.opt.param_groups[0]["lr"]}
                 t_batch = now
+                bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['samples_per_s']:.0f}", peers=row["peers"],
+                                lr=f"{row['lr']:.3g}", refresh=False)
                 if self.opt.local_epoch != epoch_seen:
                     epoch_seen = self.opt.local_epoch
+                    bar.update(max(0, min(epoch_seen, bar.total) - bar.n))
                     row["averaged_with"] = self.opt.last_group_size
                     log.info("global epoch %d: averaged with %d peers, loss %.3f, lr %.4f", epoch_seen,
-                             self.opt.last_group_size, float(loss), row["lr"])
+                             self.opt.last_group_size, row["loss"], row["lr"])
                     if epoch_seen % args.val_every == 0 or epoch_seen >= self.total_global_epochs:
                         row.update(self.validate())
                         self.checkpoint()
@@ -221,12 +249,20 @@ class Trainer:
                 if self._should_stop(start):
                     done = True
                     break
-        if validated_at != self.opt.local_epoch:
+        if self.stop_reason is not None:  # e.g. SIGTERM on a preempted VM: save now, skip validation
+            log.warning("%s at global epoch %d: writing a checkpoint before leaving", self.stop_reason,
+                        self.opt.local_epoch)
+            self.checkpoint()
+        elif validated_at != self.opt.local_epoch:
             self.validate()
             self.checkpoint()
         return {"global_epoch": self.opt.local_epoch, "val_top1": self.last_top1, "best_top1": self.best_top1,
                 "minutes": (time.time() - start) / 60, "group_sizes": list(self.opt.group_sizes),
-                "peer_id": self.peer_id}
+                "peer_id": self.peer_id, "stopped_by": self.stop_reason}
+
+    def request_stop(self, reason: str) -> None:
+        """Asks the loop to checkpoint and leave after the current step (a signal handler may call it)."""
+        self.stop_reason = reason
 
     def validate(self) -> dict[str, float]:
         """Runs validation, remembers the best, returns the metrics row fields."""
@@ -238,6 +274,8 @@ class Trainer:
 
     def _should_stop(self, start: float) -> bool:
         args = self.args
+        if self.stop_reason is not None:
+            return True
         if self.opt.local_epoch >= self.total_global_epochs:
             return True
         if args.max_minutes is not None and time.time() - start > args.max_minutes * 60:
