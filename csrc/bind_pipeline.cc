@@ -34,13 +34,15 @@ class PyPipeline {
   void SetToken(std::string token) { Get()->SetToken(std::move(token)); }
 
   // objects[i] is fetched into arena[offsets[i]:offsets[i]+sizes[i]] (or already there when in_memory),
-  // then decoded into out[i] (decode mode).
+  // then decoded into out[i] (decode mode). With starts, item i is the byte range
+  // [starts[i], starts[i] + sizes[i]) of objects[i] (a sample inside a shard) instead of the whole object.
   void Submit(uint64_t batch_id, const std::string& bucket, const std::vector<std::string>& objects,
               const std::vector<int64_t>& generations, const std::vector<uint64_t>& seeds,
               const std::vector<uint64_t>& offsets, const std::vector<uint64_t>& sizes, bool in_memory,
-              const py::object& arena, const py::object& out) {
+              const py::object& arena, const py::object& out, const std::vector<int64_t>& starts) {
     Pipeline* p = Get();
     size_t n = objects.size();
+    if (!starts.empty() && starts.size() != n) throw py::value_error("starts must be empty or one per object");
     if (generations.size() != n || seeds.size() != n || offsets.size() != n || sizes.size() != n) {
       throw py::value_error("objects, generations, seeds, offsets and sizes must have the same length");
     }
@@ -62,6 +64,10 @@ class PyPipeline {
       items[i].offset = offsets[i];
       items[i].size = sizes[i];
       items[i].in_memory = in_memory;
+      if (!starts.empty()) {
+        if (starts[i] < 0) throw py::value_error("starts[" + std::to_string(i) + "] is negative");
+        items[i].range_start = starts[i];
+      }
     }
     uint8_t* arena_ptr = lb.arena.data();
     size_t arena_size = lb.arena.size();
@@ -195,7 +201,7 @@ void BindPipeline(py::module_& m) {
       .def("set_token", &PyPipeline::SetToken, py::arg("token"))
       .def("submit", &PyPipeline::Submit, py::arg("batch_id"), py::arg("bucket"), py::arg("objects"),
            py::arg("generations"), py::arg("seeds"), py::arg("offsets"), py::arg("sizes"), py::arg("in_memory"),
-           py::arg("arena"), py::arg("out"))
+           py::arg("arena"), py::arg("out"), py::arg("starts") = std::vector<int64_t>{})
       .def("poll", &PyPipeline::Poll, py::arg("timeout") = py::none())
       .def("cancel_all", &PyPipeline::CancelAll)
       .def("stats", &PyPipeline::Stats)

@@ -209,7 +209,7 @@ void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<
   std::vector<size_t> in_memory;
   for (size_t i = 0; i < b->items.size(); ++i) {
     const PipelineItem& it = b->items[i];
-    if (it.in_memory) {
+    if (it.in_memory || (it.range_start >= 0 && it.size == 0)) {  // an empty member: nothing to GET
       in_memory.push_back(i);
       continue;
     }
@@ -220,6 +220,10 @@ void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<
     r.generation = it.generation;
     r.dst = arena + it.offset;
     r.capacity = it.size;
+    if (it.range_start >= 0) {
+      r.offset = it.range_start;
+      r.length = static_cast<int64_t>(it.size);
+    }
     reqs.push_back(std::move(r));
   }
   for (size_t i : in_memory) {

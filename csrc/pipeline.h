@@ -29,6 +29,7 @@ struct PipelineItem {
   size_t offset = 0;        // where this sample's bytes start in the arena
   size_t size = 0;          // bytes reserved for it (the object's size)
   bool in_memory = false;   // the bytes are already in the arena: decode only
+  int64_t range_start = -1;  // >= 0: read bytes [range_start, range_start + size) of the object (a shard member)
 };
 
 struct SampleResult {

@@ -68,6 +68,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
                                                                                    if args.title else []))
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    """Packs SRC into WebDataset tar shards under DST with an index (resuming)."""
+    from .pack import pack, parse_size
+
+    try:
+        size = parse_size(args.shard_size)
+        pack(args.src, args.dst, shard_size=size, stem=args.name, verify=args.verify, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"hivedata pack: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the hivedata command."""
     ap = argparse.ArgumentParser(prog="hivedata", description="Stream ImageNet from GCS into training.")
@@ -86,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", help="labels file for a flat validation folder (path or gs://)")
     p.add_argument("--refresh", action="store_true", help="list the bucket again even if cached")
     p.set_defaults(fn=cmd_index)
+    p = sub.add_parser("pack", help="pack a dataset into WebDataset tar shards + an index (resumable)")
+    p.add_argument("src", help="gs://bucket/prefix or a local directory, ILSVRC layout (<class>/<file>.JPEG)")
+    p.add_argument("dst", help="gs://bucket/prefix or a local directory for the shards and the index")
+    p.add_argument("--shard-size", default="256MB", help="largest shard (e.g. 256MB, 1GiB)")
+    p.add_argument("--name", help="shard name stem, e.g. train -> train-000000.tar (default: SRC's last part)")
+    p.add_argument("--verify", type=int, default=0, metavar="N", help="compare N random packed samples with SRC")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_pack)
     p = sub.add_parser("plot", help="draw a training metrics file (.jsonl/.csv) to PNG")
     p.add_argument("metrics", help="metrics file written by train.py")
     p.add_argument("--out", help="PNG path (default: next to the metrics file)")

@@ -19,6 +19,7 @@ from .gcs_paths import storage_endpoint
 from .index import Index, load_index
 from .ring import Ring, to_device
 from .sampler import EpochSampler
+from .shard_index import ShardIndex, load_shard_index
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -87,8 +88,15 @@ class Loader:
                                flip_p=flip_p if train else 0.0, eval_crop_ratio=eval_crop_ratio, max_pixels=max_pixels)
         self.endpoint = storage_endpoint(endpoint)
         self._tokens = TokenSource(credentials, endpoint=self.endpoint)
-        self.index = source if isinstance(source, Index) else load_index(
-            source, classes=classes, labels=labels, endpoint=endpoint, credentials=self._tokens)
+        if isinstance(source, (Index, ShardIndex)):
+            self.index = source
+        elif isinstance(source, str) and source.endswith(".index.npz"):  # packed shards (hivedata pack)
+            self.index = load_shard_index(source, endpoint=self.endpoint, credentials=self._tokens)
+        else:
+            self.index = load_index(source, classes=classes, labels=labels, endpoint=endpoint,
+                                    credentials=self._tokens)
+        if in_memory and isinstance(self.index, ShardIndex):
+            raise ValueError("in_memory=True reads whole objects; it does not apply to a shard index")
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.sampler = EpochSampler(len(self.index), batch_size=batch_size,
                                     shuffle=train if shuffle is None else shuffle, seed=seed,
@@ -212,9 +220,10 @@ class Loader:
         seeds = [_native.sample_seed(self.seed, epoch, int(i)) for i in indices]
         out = slot.images.numpy() if self.backend == "native" else None
         self._pipeline.set_token(self._tokens.token())
+        starts = idx.starts[indices].tolist() if isinstance(idx, ShardIndex) else []  # shard members: ranged GETs
         self._pipeline.submit(batch_no, idx.bucket, [idx.name(int(i)) for i in indices],
                               idx.generations[indices].tolist(), seeds, offsets.tolist(), sizes.tolist(),
-                              self._memory is not None, arena, out)
+                              self._memory is not None, arena, out, starts)
 
     def _drain(self) -> None:
         if self._pipeline is not None and self._pipeline.outstanding:

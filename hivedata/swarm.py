@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 _TIMEOUT_S = 20.0  # per GCS request, so a hung connection cannot stall a heartbeat or stop() for long
 
 
-def _client() -> Any:
+def storage_client() -> Any:
     """A google-cloud-storage client (honours STORAGE_EMULATOR_HOST); created per use, never at import."""
     from google.cloud import storage
 
@@ -90,7 +90,7 @@ class PeerRegistry:
         """Writes our entry once; logs failures (returns None so the next beat makes a new client)."""
         try:
             if bucket is None:
-                bucket = _client().bucket(self.bucket_name)
+                bucket = storage_client().bucket(self.bucket_name)
             body = {"peer_id": self.peer_id, "maddrs": self.maddrs, "updated": time.time(), "client_mode": False}
             bucket.blob(self._entry_name()).upload_from_string(json.dumps(body), content_type="application/json",
                                                                timeout=_TIMEOUT_S)
@@ -112,7 +112,7 @@ class PeerRegistry:
         self._stop.set()
         thread.join(timeout=_TIMEOUT_S + 5)  # a beat in flight must not re-create the entry after the delete
         try:
-            _client().bucket(self.bucket_name).blob(self._entry_name()).delete(timeout=_TIMEOUT_S)
+            storage_client().bucket(self.bucket_name).blob(self._entry_name()).delete(timeout=_TIMEOUT_S)
         except Exception as e:
             if not _not_found(e):
                 log.warning("could not delete peer registry entry gs://%s/%s: %s", self.bucket_name,
@@ -124,7 +124,7 @@ class PeerRegistry:
         Malformed or unreadable entries are skipped with a warning; listing errors (no bucket, no permission) raise.
         """
         max_age_s = 3 * self.heartbeat_s if max_age_s is None else max_age_s
-        bucket = _client().bucket(self.bucket_name)
+        bucket = storage_client().bucket(self.bucket_name)
         now = time.time()
         out: list[str] = []
         for blob in bucket.list_blobs(prefix=self.prefix, timeout=_TIMEOUT_S):
@@ -163,7 +163,7 @@ def _split_object(gcs_path: str) -> tuple[str, str]:
 def announce(gcs_path: str, maddrs: list[str]) -> None:
     """Writes maddrs, one per line, to gs://bucket/object (the original script's --announce_gcs_path)."""
     bucket, name = _split_object(gcs_path)
-    _client().bucket(bucket).blob(name).upload_from_string("".join(f"{m}\n" for m in maddrs),
+    storage_client().bucket(bucket).blob(name).upload_from_string("".join(f"{m}\n" for m in maddrs),
                                                            content_type="text/plain", timeout=_TIMEOUT_S)
 
 
@@ -171,7 +171,7 @@ def fetch_announced(gcs_path: str) -> list[str]:
     """Multiaddrs written by announce() (the original --fetch_gcs_path); [] when the object does not exist."""
     bucket, name = _split_object(gcs_path)
     try:
-        text = _client().bucket(bucket).blob(name).download_as_text(timeout=_TIMEOUT_S)
+        text = storage_client().bucket(bucket).blob(name).download_as_text(timeout=_TIMEOUT_S)
     except Exception as e:
         if _not_found(e):
             return []

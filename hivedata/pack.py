@@ -1,0 +1,273 @@
+"""`python -m hivedata pack SRC DST`: pack an ILSVRC-layout dataset into WebDataset tar shards + an index.
+
+SRC is a gs:// prefix (listed with the index) or a local directory (``<class>/<file>.JPEG``); DST a
+gs:// prefix or a local directory. Shards are planned up front (members ``<key>.jpg`` + ``<key>.cls``,
+at most --shard-size bytes each), so every sample's offset is known before packing and a re-run
+skips the shards that already exist with their planned size. The index object is written last.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .gcs_paths import parse_gcs_url
+from .shard_index import ShardIndex
+from .tar_layout import archive_size, member_header, padded
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+
+
+@dataclass
+class Source:
+    """The samples to pack: names (object names or file paths), sizes, labels, keys and a byte reader."""
+
+    classes: list[str]
+    names: list[str]
+    sizes: list[int]
+    labels: list[int]
+    keys: list[str]
+    read_many: Callable[[list[int]], list[bytes]]  # sample numbers -> their bytes
+    describe: Callable[[int], str]
+
+
+@dataclass
+class PlannedShard:
+    """One shard's name, its samples and where each one's image bytes start, and its total size."""
+
+    name: str
+    samples: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    size: int = 0
+
+
+def parse_size(text: str) -> int:
+    """'256MB', '1GiB', '500k' or a plain byte count -> bytes."""
+    t = text.strip().lower().replace(" ", "")
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+             "k": 10**3, "m": 10**6, "g": 10**9, "b": 1}
+    for unit, mult in units.items():
+        if t.endswith(unit) and t[:-len(unit)]:
+            return int(float(t[:-len(unit)]) * mult)
+    try:
+        return int(t)
+    except ValueError:
+        raise ValueError(f"shard size {text!r} is not a size like 256MB or 1GiB") from None
+
+
+def _key(rel: str) -> str:
+    """WebDataset key of a sample: its path relative to SRC without the extension (no dots allowed)."""
+    stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
+    return stem.replace(".", "_")
+
+
+def gcs_source(url: str, *, fetch_in_flight: int = 64) -> Source:
+    """Samples of an ILSVRC-layout gs:// prefix (through the cached listing index), read natively."""
+    from .fetch import Fetcher
+    from .index import load_index
+
+    index = load_index(url)
+    names = index.names()
+    prefix = index.prefix.rstrip("/") + "/" if index.prefix else ""
+    keys = [_key(n[len(prefix):] if n.startswith(prefix) else n) for n in names]
+    sizes = index.sizes.tolist()
+    fetcher = Fetcher(index.bucket, max_in_flight=fetch_in_flight)
+
+    def read_many(nums: list[int]) -> list[bytes]:
+        batch = fetcher.fetch_batch([names[i] for i in nums], [sizes[i] for i in nums])
+        return [batch.view(j).tobytes() for j in range(len(nums))]
+
+    return Source(index.classes, names, sizes, index.labels.tolist(), keys, read_many,
+                  lambda i: f"gs://{index.bucket}/{names[i]}")
+
+
+def local_source(root: str) -> Source:
+    """Samples of a local ILSVRC-layout directory: class folders sorted like ImageFolder."""
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"pack: source directory {root} does not exist")
+    classes = sorted(d.name for d in base.iterdir() if d.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"pack: {root} has no class folders (<class>/<file>.JPEG)")
+    names, labels = [], []
+    for label, c in enumerate(classes):
+        files = sorted(f for f in (base / c).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        names += [str(f) for f in files]
+        labels += [label] * len(files)
+    sizes = [os.path.getsize(n) for n in names]
+    keys = [_key(str(Path(n).relative_to(base))) for n in names]
+
+    def read_many(nums: list[int]) -> list[bytes]:
+        return [Path(names[i]).read_bytes() for i in nums]
+
+    return Source(classes, names, sizes, labels, keys, read_many, lambda i: names[i])
+
+
+def plan_shards(src: Source, shard_size: int, stem: str) -> list[PlannedShard]:
+    """Assigns samples, in order, to shards of at most shard_size bytes (a bigger sample gets its own)."""
+    shards: list[PlannedShard] = []
+    cur = PlannedShard(f"{stem}-{0:06d}.tar")
+    pos = 0
+    for i in range(len(src.names)):
+        img = member_header(f"{src.keys[i]}.jpg", src.sizes[i])
+        cls_text = str(src.labels[i]).encode()
+        cls = member_header(f"{src.keys[i]}.cls", len(cls_text))
+        need = len(img) + padded(src.sizes[i]) + len(cls) + padded(len(cls_text))
+        if cur.samples and archive_size(pos + need) > shard_size:
+            cur.size = archive_size(pos)
+            shards.append(cur)
+            cur, pos = PlannedShard(f"{stem}-{len(shards):06d}.tar"), 0
+        cur.samples.append(i)
+        cur.starts.append(pos + len(img))
+        pos += need
+    if cur.samples:
+        cur.size = archive_size(pos)
+        shards.append(cur)
+    return shards
+
+
+def build_tar(src: Source, shard: PlannedShard, data: list[bytes]) -> bytes:
+    """The shard's bytes; refuses a sample whose size changed since it was listed."""
+    out = bytearray()
+    for i, blob in zip(shard.samples, data, strict=True):
+        if len(blob) != src.sizes[i]:
+            raise ValueError(f"pack: {src.describe(i)} has {len(blob)} bytes, the listing said {src.sizes[i]}; "
+                             "re-index the source (it changed while packing)")
+        cls_text = str(src.labels[i]).encode()
+        for name, payload in ((f"{src.keys[i]}.jpg", blob), (f"{src.keys[i]}.cls", cls_text)):
+            out += member_header(name, len(payload))
+            out += payload
+            out += bytes(padded(len(payload)) - len(payload))
+    out += bytes(shard.size - len(out))  # end-of-archive blocks and record padding
+    if len(out) != shard.size:
+        raise AssertionError(f"pack: {shard.name} came out at {len(out)} bytes, planned {shard.size}")
+    return bytes(out)
+
+
+class Destination:
+    """Where shards go: a local directory (temp file + rename) or a gs:// prefix (atomic object uploads)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("gs://"):
+            where = parse_gcs_url(url)
+            self.bucket_name, self.prefix = where.bucket, where.prefix.rstrip("/")
+            self._bucket: Any = None
+        else:
+            self.bucket_name, self.prefix = "", str(Path(url).resolve())
+            Path(self.prefix).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def is_gcs(self) -> bool:
+        """True for a gs:// destination."""
+        return bool(self.bucket_name)
+
+    def object_name(self, name: str) -> str:
+        """The full object name (gs://) or path (local) of `name`."""
+        if self.is_gcs:
+            return f"{self.prefix}/{name}" if self.prefix else name
+        return os.path.join(self.prefix, name)
+
+    def _blobs(self) -> Any:
+        if self._bucket is None:
+            from .swarm import storage_client
+
+            self._bucket = storage_client().bucket(self.bucket_name)
+        return self._bucket
+
+    def existing(self, name: str) -> tuple[int, int] | None:
+        """(size, generation) of `name` if it exists."""
+        if self.is_gcs:
+            blob = self._blobs().get_blob(self.object_name(name))
+            return None if blob is None else (int(blob.size), int(blob.generation))
+        path = self.object_name(name)
+        return (os.path.getsize(path), 0) if os.path.exists(path) else None
+
+    def write(self, name: str, data: bytes) -> int:
+        """Writes `name` atomically; returns its generation (0 locally)."""
+        if self.is_gcs:
+            blob = self._blobs().blob(self.object_name(name))
+            blob.upload_from_string(data, content_type="application/x-tar", checksum="crc32c")
+            return int(blob.generation or 0)
+        path = self.object_name(name)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return 0
+
+    def read_range(self, name: str, start: int, length: int) -> bytes:
+        """Bytes [start, start + length) of `name`."""
+        if self.is_gcs:
+            return self._blobs().blob(self.object_name(name)).download_as_bytes(start=start, end=start + length - 1)
+        with open(self.object_name(name), "rb") as f:
+            f.seek(start)
+            return f.read(length)
+
+
+def index_name(stem: str) -> str:
+    """Name of the index object written beside the shards."""
+    return f"{stem}.index.npz"
+
+
+def pack(src_url: str, dst_url: str, *, shard_size: int = 256 * 10**6, stem: str | None = None,
+         verify: int = 0, progress: bool = True, log: Callable[[str], None] = print) -> ShardIndex:
+    """Packs SRC into shards under DST (resuming), writes the index, optionally verifies `verify` samples."""
+    from tqdm.auto import tqdm
+
+    if shard_size < 64 * 1024:
+        raise ValueError(f"shard size {shard_size} is too small (at least 64 KiB)")
+    src = gcs_source(src_url) if src_url.startswith("gs://") else local_source(src_url)
+    stem = stem or (src_url.rstrip("/").rsplit("/", 1)[-1] or "shards")
+    dst = Destination(dst_url)
+    shards = plan_shards(src, shard_size, stem)
+    generations: list[int] = [0] * len(shards)
+    skipped = 0
+    bar = tqdm(total=sum(s.size for s in shards), unit="B", unit_scale=True, desc=f"packing {len(shards)} shards",
+               disable=not progress)
+    with ThreadPoolExecutor(1) as writer:  # the next shard is fetched while this one is written
+        pending = None
+        for n, shard in enumerate(shards):
+            have = dst.existing(shard.name)
+            if have is not None and have[0] == shard.size:
+                generations[n] = have[1]
+                skipped += 1
+                bar.update(shard.size)
+                continue
+            data = build_tar(src, shard, src.read_many(shard.samples))
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(lambda n=n, s=shard, d=data: (generations.__setitem__(n, dst.write(s.name, d)),
+                                                                  bar.update(s.size)))
+        if pending is not None:
+            pending.result()
+    bar.close()
+    samples = [(n, start, src.sizes[i], src.labels[i], src.keys[i])
+               for n, s in enumerate(shards) for i, start in zip(s.samples, s.starts, strict=True)]
+    index = ShardIndex.build(dst.bucket_name, dst.prefix, src.classes, [dst.object_name(s.name) for s in shards],
+                             [s.size for s in shards], generations, samples)
+    dst.write(index_name(stem), index.to_bytes())
+    log(f"pack: {len(src.names)} samples in {len(shards)} shards ({skipped} already there) -> "
+        f"{dst.object_name(index_name(stem))}")
+    if verify:
+        verify_packed(src, dst, index, verify)
+        log(f"pack: verified {min(verify, len(index))} samples byte for byte")
+    return index
+
+
+def verify_packed(src: Source, dst: Destination, index: ShardIndex, count: int, seed: int = 0) -> None:
+    """Compares `count` random packed samples with their originals; raises naming the first mismatch."""
+    picks = random.Random(seed).sample(range(len(index)), min(count, len(index)))
+    originals = src.read_many(picks)
+    for i, want in zip(picks, originals, strict=True):
+        shard_name = index.shard_names[int(index.shard[i])].rsplit("/", 1)[-1]
+        got = dst.read_range(shard_name, int(index.starts[i]), int(index.sizes[i]))
+        if got != want:
+            raise ValueError(f"pack --verify: sample {index.key(i)} in {shard_name} differs from {src.describe(i)}")
