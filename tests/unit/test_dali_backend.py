@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import io
-import multiprocessing
 import os
 import sys
 
@@ -16,6 +15,7 @@ from hivedata import errors
 from hivedata.backends.base import Augment
 from hivedata.backends.dali_backend import INSTALL_HINT, DaliDecoder
 from hivedata.backends.pillow_backend import python_choose_crop
+from tests.support.forking import in_forked_child
 from tests.support.photos import encode, jpeg, mad, photo, reference_eval  # noqa: F401
 
 dali = pytest.importorskip("nvidia.dali")
@@ -203,13 +203,8 @@ def _child_decodes(dec, q):
 def test_decoder_works_in_forked_child():
     with make(EVAL) as d:
         assert decode(d, [jpeg()])[1] == [None]  # the parent's pipeline exists
-        ctx = multiprocessing.get_context("fork")
-        q = ctx.Queue()
-        p = ctx.Process(target=_child_decodes, args=(d, q))
-        p.start()
-        ok, info = q.get(timeout=60)
-        p.join(timeout=30)
-        assert ok and p.exitcode == 0, info
+        ok, info, exitcode = in_forked_child(_child_decodes, d)
+        assert ok and exitcode == 0, info
         assert decode(d, [jpeg()])[1] == [None]  # and the parent's still works
 
 
@@ -231,13 +226,8 @@ def test_garbage_pipeline_of_another_decoder_survives_fork():
         abandoned.cycle = abandoned  # unreachable once deleted, destroyed only by the collector
         del abandoned
         with make(EVAL) as d:
-            ctx = multiprocessing.get_context("fork")
-            q = ctx.Queue()
-            p = ctx.Process(target=_child_collects_then_decodes, args=(d, q))
-            p.start()
-            ok, info = q.get(timeout=60)
-            p.join(timeout=30)
-            assert ok and p.exitcode == 0, info
+            ok, info, exitcode = in_forked_child(_child_collects_then_decodes, d)
+            assert ok and exitcode == 0, info
     finally:
         gc.enable()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import multiprocessing
 import os
 
 import numpy as np
@@ -14,6 +13,7 @@ from hivedata import errors
 from hivedata.backends import simd
 from hivedata.backends.base import Augment
 from hivedata.backends.pillow_backend import PillowDecoder, _draft_factor, python_choose_crop
+from tests.support.forking import in_forked_child
 from tests.support.photos import encode, jpeg, mad, photo, reference_eval  # noqa: F401
 
 EVAL = Augment(train=False)
@@ -265,13 +265,8 @@ def _child_decodes(dec, q):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_decoder_works_in_forked_child(train_dec):
     decode(train_dec, [jpeg(), jpeg()])  # the parent's pool is running
-    ctx = multiprocessing.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child_decodes, args=(train_dec, q))
-    p.start()
-    ok, info = q.get(timeout=60)
-    p.join(timeout=30)
-    assert ok and p.exitcode == 0, info
+    ok, info, exitcode = in_forked_child(_child_decodes, train_dec)
+    assert ok and exitcode == 0, info
 
 
 # -- Pillow-SIMD detection -------------------------------------------------------------------------
