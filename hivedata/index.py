@@ -26,8 +26,24 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 FORMAT_VERSION = 1
 
 
+class Located:
+    """What every index has: samples (`sizes`) under gs://bucket/prefix."""
+
+    bucket: str
+    prefix: str
+    sizes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def url(self) -> str:
+        """gs://bucket/prefix"""
+        return f"gs://{self.bucket}/{self.prefix}"
+
+
 @dataclass
-class Index:
+class Index(Located):
     """Objects under gs://bucket/prefix with labels; names live in one UTF-8 blob (fast to load)."""
 
     bucket: str
@@ -40,14 +56,6 @@ class Index:
     labels: np.ndarray  # int32
     endpoint: str = ""
     folders: list[str] = field(default_factory=list)  # listed class folders; empty for a flat layout
-
-    def __len__(self) -> int:
-        return len(self.sizes)
-
-    @property
-    def url(self) -> str:
-        """gs://bucket/prefix"""
-        return f"gs://{self.bucket}/{self.prefix}"
 
     @property
     def class_to_idx(self) -> dict[str, int]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexStaleError
+from .index import Located
 from .tar_layout import BLOCK, padded, parse_header, pax_path
 
 SHARD_INDEX_FORMAT = 1
@@ -32,7 +33,7 @@ def _blob(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class ShardIndex:
+class ShardIndex(Located):
     """Samples inside tar shards under gs://bucket/prefix; quacks like Index for the loader (plus `starts`)."""
 
     bucket: str
@@ -48,14 +49,6 @@ class ShardIndex:
     keys_blob: np.ndarray  # uint8
     key_offsets: np.ndarray  # int64, len + 1
     endpoint: str = ""
-
-    def __len__(self) -> int:
-        return len(self.sizes)
-
-    @property
-    def url(self) -> str:
-        """gs://bucket/prefix"""
-        return f"gs://{self.bucket}/{self.prefix}"
 
     @property
     def generations(self) -> np.ndarray:
