@@ -8,6 +8,7 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <tuple>
 #include <unordered_map>
 
 #include "bind_buffers.h"
@@ -20,6 +21,7 @@ namespace hivedata {
 namespace {
 
 constexpr double kWaitSlice = 0.05;
+using SpanTuple = std::tuple<int64_t, uint64_t, uint64_t, bool, std::vector<size_t>>;
 
 struct LentBatch {
   Lent arena;
@@ -36,10 +38,13 @@ class PyPipeline {
   // objects[i] is fetched into arena[offsets[i]:offsets[i]+sizes[i]] (or already there when in_memory),
   // then decoded into out[i] (decode mode). With starts, item i is the byte range
   // [starts[i], starts[i] + sizes[i]) of objects[i] (a sample inside a shard) instead of the whole object.
+  // With spans, each (start, length, arena offset, present, [item indices]) is one GET filling several
+  // items (coalesced adjacent members of a shard); present: already in the arena (a cache hit).
   void Submit(uint64_t batch_id, const std::string& bucket, const std::vector<std::string>& objects,
               const std::vector<int64_t>& generations, const std::vector<uint64_t>& seeds,
               const std::vector<uint64_t>& offsets, const std::vector<uint64_t>& sizes, bool in_memory,
-              const py::object& arena, const py::object& out, const std::vector<int64_t>& starts) {
+              const py::object& arena, const py::object& out, const std::vector<int64_t>& starts,
+              const std::vector<SpanTuple>& spans) {
     Pipeline* p = Get();
     size_t n = objects.size();
     if (!starts.empty() && starts.size() != n) throw py::value_error("starts must be empty or one per object");
@@ -69,13 +74,17 @@ class PyPipeline {
         items[i].range_start = starts[i];
       }
     }
+    std::vector<PipelineSpan> cspans(spans.size());
+    for (size_t k = 0; k < spans.size(); ++k) {
+      std::tie(cspans[k].start, cspans[k].length, cspans[k].offset, cspans[k].present, cspans[k].items) = spans[k];
+    }
     uint8_t* arena_ptr = lb.arena.data();
     size_t arena_size = lb.arena.size();
     uint8_t* out_ptr = lb.out.held() ? lb.out.data() : nullptr;
     lent_.emplace(batch_id, std::move(lb));  // before C++ may touch them
     try {
       py::gil_scoped_release release;
-      p->Submit(batch_id, bucket, std::move(items), arena_ptr, arena_size, out_ptr);
+      p->Submit(batch_id, bucket, std::move(items), arena_ptr, arena_size, out_ptr, std::move(cspans));
     } catch (...) {
       lent_.erase(batch_id);
       throw;
@@ -126,6 +135,8 @@ class PyPipeline {
     d["decode_errors"] = s.decode_errors;
     d["decode_s"] = s.decode_s;
     d["batches_in_flight"] = s.batches_in_flight;
+    d["gets"] = s.gets;
+    d["present"] = s.present;
     d["objects"] = s.fetch.succeeded;
     d["fetch_failed"] = s.fetch.failed;
     d["bytes"] = s.fetch.bytes;
@@ -201,7 +212,8 @@ void BindPipeline(py::module_& m) {
       .def("set_token", &PyPipeline::SetToken, py::arg("token"))
       .def("submit", &PyPipeline::Submit, py::arg("batch_id"), py::arg("bucket"), py::arg("objects"),
            py::arg("generations"), py::arg("seeds"), py::arg("offsets"), py::arg("sizes"), py::arg("in_memory"),
-           py::arg("arena"), py::arg("out"), py::arg("starts") = std::vector<int64_t>{})
+           py::arg("arena"), py::arg("out"), py::arg("starts") = std::vector<int64_t>{},
+           py::arg("spans") = std::vector<SpanTuple>{})
       .def("poll", &PyPipeline::Poll, py::arg("timeout") = py::none())
       .def("cancel_all", &PyPipeline::CancelAll)
       .def("stats", &PyPipeline::Stats)

@@ -28,6 +28,7 @@ struct Batch {
   uint64_t batch_id = 0;
   std::string bucket;
   std::vector<PipelineItem> items;
+  std::vector<PipelineSpan> spans;
   std::vector<SampleResult> results;
   uint8_t* arena = nullptr;
   size_t arena_size = 0;
@@ -79,18 +80,28 @@ struct Pipeline::State {
           if (it == live.end()) continue;
           b = it->second;
         }
-        size_t i = static_cast<size_t>(r.tag & kIndexMask);
-        if (!r.status.ok()) {
-          b->results[i].status = std::move(r.status);
-          FinishSample(b);
-        } else {
-          b->results[i].nbytes = r.nbytes;
-          if (opt.decode) {
-            pool->Post([this, b, i] { DecodeOne(b, i); });
-          } else {
-            FinishSample(b);
-          }
-        }
+        FinishSpan(b, static_cast<size_t>(r.tag & kIndexMask), std::move(r));
+      }
+    }
+  }
+
+  // A span's GET ended: every item it holds fails with its status, or goes on to decode.
+  // The batch may be completed (and freed by Poll) as soon as its last item finishes, so the span's item
+  // list is copied first and `b` is touched only for items not yet finished.
+  void FinishSpan(Batch* b, size_t span_no, FetchResult r) {
+    const std::vector<size_t> items = b->spans[span_no].items;
+    const bool whole = b->spans[span_no].start < 0;
+    for (size_t i : items) {
+      if (!r.status.ok()) {
+        b->results[i].status = r.status;
+        FinishSample(b);
+        continue;
+      }
+      b->results[i].nbytes = whole ? r.nbytes : b->items[i].size;
+      if (opt.decode) {
+        pool->Post([this, b, i] { DecodeOne(b, i); });
+      } else {
+        FinishSample(b);
       }
     }
   }
@@ -146,7 +157,7 @@ struct Pipeline::State {
   bool stop = false;
   bool started = false;
 
-  std::atomic<uint64_t> outstanding{0}, batches{0}, decoded{0}, decode_errors{0}, decode_ns{0};
+  std::atomic<uint64_t> outstanding{0}, batches{0}, decoded{0}, decode_errors{0}, decode_ns{0}, gets{0}, present{0};
 };
 
 Pipeline::Pipeline(PipelineOptions options) : options_(std::move(options)) {
@@ -171,8 +182,55 @@ Pipeline::State* Pipeline::state() {
 
 void Pipeline::SetToken(std::string token) { state()->engine.SetToken(std::move(token)); }
 
+namespace {
+
+// One span per item: a GET of the whole object or of the member's range; in_memory items are present.
+std::vector<PipelineSpan> SpanPerItem(const std::vector<PipelineItem>& items) {
+  std::vector<PipelineSpan> spans(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const PipelineItem& it = items[i];
+    spans[i].start = it.range_start;
+    spans[i].length = it.size;
+    spans[i].offset = it.offset;
+    spans[i].present = it.in_memory || (it.range_start >= 0 && it.size == 0);  // an empty member: nothing to GET
+    spans[i].items = {i};
+  }
+  return spans;
+}
+
+// Every item in exactly one span, every span inside the arena, every item where its span puts it.
+void CheckSpans(const std::string& bucket, const std::vector<PipelineItem>& items,
+                const std::vector<PipelineSpan>& spans, size_t arena_size) {
+  std::vector<char> seen(items.size(), 0);
+  for (const PipelineSpan& sp : spans) {
+    if (sp.items.empty()) throw std::invalid_argument("a span holds no item");
+    const std::string what = "gs://" + bucket + "/" + items[sp.items[0] < items.size() ? sp.items[0] : 0].object;
+    if (sp.offset + sp.length > arena_size || sp.offset + sp.length < sp.offset) {
+      throw std::invalid_argument("arena too small for a span of " + what);
+    }
+    if (sp.start < 0 && sp.items.size() != 1) throw std::invalid_argument("a whole-object span holds one item");
+    for (size_t i : sp.items) {
+      if (i >= items.size() || seen[i]++) throw std::invalid_argument("span items must name each item once");
+      const PipelineItem& it = items[i];
+      if (it.object != items[sp.items[0]].object || it.generation != items[sp.items[0]].generation) {
+        throw std::invalid_argument("a span mixes objects: " + what + " and " + it.object);
+      }
+      bool fits = sp.start < 0 ? (it.range_start < 0 && it.offset == sp.offset && it.size == sp.length)
+                               : (it.range_start >= sp.start &&
+                                  static_cast<uint64_t>(it.range_start - sp.start) + it.size <= sp.length &&
+                                  it.offset == sp.offset + static_cast<size_t>(it.range_start - sp.start));
+      if (!fits) throw std::invalid_argument("item " + std::to_string(i) + " of " + what + " lies outside its span");
+    }
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!seen[i]) throw std::invalid_argument("item " + std::to_string(i) + " is in no span");
+  }
+}
+
+}  // namespace
+
 void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<PipelineItem> items, uint8_t* arena,
-                      size_t arena_size, uint8_t* out) {
+                      size_t arena_size, uint8_t* out, std::vector<PipelineSpan> spans) {
   State* s = state();
   if (items.size() > kIndexMask) throw std::invalid_argument("batch too large");
   for (const PipelineItem& it : items) {
@@ -180,12 +238,18 @@ void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<
       throw std::invalid_argument("arena too small for gs://" + bucket + "/" + it.object);
     }
   }
+  if (spans.empty()) {
+    spans = SpanPerItem(items);
+  } else {
+    CheckSpans(bucket, items, spans, arena_size);
+  }
   if (s->opt.decode && out == nullptr && !items.empty()) throw std::invalid_argument("decode mode needs an output slot");
   s->EnsureStarted();
   auto* b = new Batch;
   b->batch_id = batch_id;
   b->bucket = bucket;
   b->items = std::move(items);
+  b->spans = std::move(spans);
   b->results.resize(b->items.size());
   b->arena = arena;
   b->arena_size = arena_size;
@@ -206,33 +270,33 @@ void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<
     s->live.emplace(id, b);
   }
   std::vector<FetchRequest> reqs;
-  std::vector<size_t> in_memory;
-  for (size_t i = 0; i < b->items.size(); ++i) {
-    const PipelineItem& it = b->items[i];
-    if (it.in_memory || (it.range_start >= 0 && it.size == 0)) {  // an empty member: nothing to GET
-      in_memory.push_back(i);
+  std::vector<size_t> present;
+  for (size_t k = 0; k < b->spans.size(); ++k) {
+    const PipelineSpan& sp = b->spans[k];
+    if (sp.present) {
+      present.push_back(k);
       continue;
     }
+    const PipelineItem& first = b->items[sp.items[0]];
     FetchRequest r;
-    r.tag = (id << kIndexBits) | i;
+    r.tag = (id << kIndexBits) | k;
     r.bucket = bucket;
-    r.object = it.object;
-    r.generation = it.generation;
-    r.dst = arena + it.offset;
-    r.capacity = it.size;
-    if (it.range_start >= 0) {
-      r.offset = it.range_start;
-      r.length = static_cast<int64_t>(it.size);
+    r.object = first.object;
+    r.generation = first.generation;
+    r.dst = arena + sp.offset;
+    r.capacity = sp.length;
+    if (sp.start >= 0) {
+      r.offset = sp.start;
+      r.length = static_cast<int64_t>(sp.length);
     }
     reqs.push_back(std::move(r));
   }
-  for (size_t i : in_memory) {
-    b->results[i].nbytes = b->items[i].size;
-    if (s->opt.decode) {
-      s->pool->Post([s, b, i] { s->DecodeOne(b, i); });
-    } else {
-      s->FinishSample(b);
-    }
+  s->gets.fetch_add(reqs.size());
+  s->present.fetch_add(present.size());
+  for (size_t k : present) {  // nothing to GET: the bytes are there (may finish the batch: b is not used after)
+    FetchResult r;
+    r.nbytes = b->spans[k].length;
+    s->FinishSpan(b, k, std::move(r));
   }
   if (!reqs.empty()) s->engine.Submit(std::move(reqs));
 }
@@ -281,6 +345,8 @@ PipelineStats Pipeline::Stats() const {
   st.decoded = state_->decoded.load();
   st.decode_errors = state_->decode_errors.load();
   st.decode_s = static_cast<double>(state_->decode_ns.load()) * 1e-9;
+  st.gets = state_->gets.load();
+  st.present = state_->present.load();
   st.batches_in_flight = state_->outstanding.load();
   st.fetch = state_->engine.Stats();
   return st;

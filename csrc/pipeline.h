@@ -32,6 +32,16 @@ struct PipelineItem {
   int64_t range_start = -1;  // >= 0: read bytes [range_start, range_start + size) of the object (a shard member)
 };
 
+// One GET that fills the bytes of one or more items: a whole object (one item), or a byte range of a
+// shard holding several adjacent members (the gaps between them are read and ignored).
+struct PipelineSpan {
+  int64_t start = -1;      // first byte in the object; -1: the whole object (exactly one item)
+  size_t length = 0;       // bytes to read (for a whole object: the bytes reserved for it)
+  size_t offset = 0;       // where they land in the arena
+  bool present = false;    // the bytes are already in the arena (a cache hit): decode only
+  std::vector<size_t> items;  // indices into the batch's items
+};
+
 struct SampleResult {
   FetchStatus status;
   size_t nbytes = 0;  // encoded bytes
@@ -47,6 +57,7 @@ struct BatchResult {
 
 struct PipelineStats {
   uint64_t batches = 0, decoded = 0, decode_errors = 0;
+  uint64_t gets = 0, present = 0;  // GETs submitted (a coalesced span counts once); spans already in the arena
   double decode_s = 0.0;
   uint64_t batches_in_flight = 0;
   EngineStats fetch;
@@ -61,9 +72,10 @@ class Pipeline {
 
   void SetToken(std::string token);
   // `arena` holds the encoded bytes; `out` (decode mode) receives items.size() images of
-  // out_h*out_w*3 bytes each. Both must stay valid until the batch is polled.
+  // out_h*out_w*3 bytes each. Both must stay valid until the batch is polled. `spans` say which GET
+  // fills which items (coalesced reads); empty: one GET per item (none for in_memory items).
   void Submit(uint64_t batch_id, const std::string& bucket, std::vector<PipelineItem> items, uint8_t* arena,
-              size_t arena_size, uint8_t* out);
+              size_t arena_size, uint8_t* out, std::vector<PipelineSpan> spans = {});
   // Takes one finished batch, waiting up to timeout_s; false when none finished in time.
   bool Poll(BatchResult* out, double timeout_s);
   // Cancels every unfinished fetch and decode; the batches still complete (with kCancelled samples).

@@ -17,6 +17,7 @@ from .backends.base import DEFAULT_MAX_PIXELS, Augment, BatchDecoder
 from .errors import HivedataError, NotJpegError
 from .gcs_paths import storage_endpoint
 from .index import Index, load_index
+from .read_plan import DEFAULT_MAX_GAP, ReadPlan, plan_ranges, plan_whole_objects
 from .ring import Ring, to_device
 from .sampler import EpochSampler
 from .shard_index import ShardIndex, load_shard_index
@@ -55,6 +56,13 @@ class Loader:
                           "dali" (NVIDIA DALI), "auto" (dali on CUDA when installed, else native).
       device              "cpu", "cuda[:n]" (async copy from pinned slots, normalised on the GPU), "mps".
       seed                the order and every sample's crop derive from (seed, epoch, sample index).
+      shuffle             True/"global" (default when training), False/"none", or "block": runs of
+                          block_size consecutive samples (never crossing a shard) are permuted and samples
+                          shuffled within shuffle_window positions (default: a batch), so a batch's
+                          samples share a few coalesced GETs; made for packed shards.
+      coalesce_gap        shard members at most this many bytes apart share one ranged GET.
+      cache_dir           a local disk cache of fetched bytes (size-bounded LRU by cache_size, shared
+                          safely by processes); None: no cache.
       workers             decode threads (default: all cores); max_in_flight: concurrent GETs.
       prefetch            batches prepared ahead; the ring holds prefetch + 2 slots.
       on_error            "skip" (a bad sample is replaced by a copy of a good one from the same batch and
@@ -67,7 +75,7 @@ class Loader:
 
     def __init__(self, source: str | Index, *, batch_size: int, train: bool, image_size: int | tuple[int, int] = 224,
                  backend: str = "auto", device: str | torch.device = "cpu", seed: int = 0,
-                 shuffle: bool | None = None, drop_last: bool | None = None, workers: int | None = None,
+                 shuffle: bool | str | None = None, drop_last: bool | None = None, workers: int | None = None,
                  prefetch: int = 2, on_error: str | Callable[[BaseException], Any] = "skip",
                  classes: list[str] | None = None, labels: str | None = None, endpoint: str | None = None,
                  credentials: Any = "auto", dtype: torch.dtype = torch.float32, channels_last: bool = False,
@@ -75,7 +83,9 @@ class Loader:
                  std: tuple[float, float, float] = IMAGENET_STD, scale: tuple[float, float] = (0.08, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5, eval_crop_ratio: float = 0.875,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_in_flight: int = 64, in_memory: bool = False,
-                 shard: int = 0, num_shards: int = 1) -> None:
+                 shard: int = 0, num_shards: int = 1, block_size: int = 64, shuffle_window: int | None = None,
+                 coalesce_gap: int = DEFAULT_MAX_GAP, cache_dir: str | os.PathLike | None = None,
+                 cache_size: int | str = "20GB") -> None:
         if on_error not in ("skip", "raise") and not callable(on_error):
             raise ValueError(f"on_error must be 'skip', 'raise' or a callable, not {on_error!r}")
         if prefetch < 0:
@@ -97,11 +107,23 @@ class Loader:
                                     credentials=self._tokens)
         if in_memory and isinstance(self.index, ShardIndex):
             raise ValueError("in_memory=True reads whole objects; it does not apply to a shard index")
+        if in_memory and cache_dir is not None:
+            raise ValueError("in_memory=True reads everything once; a disk cache (cache_dir) does not apply")
         self.batch_size, self.train, self.seed = batch_size, train, seed
+        shards = self.index.shard if isinstance(self.index, ShardIndex) else None
+        groups = np.flatnonzero(np.diff(shards)) + 1 if shards is not None and len(shards) else None
         self.sampler = EpochSampler(len(self.index), batch_size=batch_size,
                                     shuffle=train if shuffle is None else shuffle, seed=seed,
                                     drop_last=train if drop_last is None else drop_last,
-                                    shard=shard, num_shards=num_shards)
+                                    shard=shard, num_shards=num_shards, block_size=block_size,
+                                    window=shuffle_window,
+                                    group_starts=None if groups is None else np.insert(groups, 0, 0))
+        self.coalesce_gap = coalesce_gap
+        self.cache = None
+        if cache_dir is not None:
+            from .disk_cache import DiskCache, parse_cache_size
+
+            self.cache = DiskCache(cache_dir, parse_cache_size(cache_size))
         self.backend = resolve_backend(backend, self.device)
         self.workers = workers or os.cpu_count() or 1
         self.prefetch, self.on_error, self.in_memory = prefetch, on_error, in_memory
@@ -117,6 +139,7 @@ class Loader:
         self._ring: Ring | None = None
         self._memory: tuple[np.ndarray, np.ndarray] | None = None  # (arena, offsets) when in_memory
         self._slot_bytes: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # slot -> where its samples' bytes are
+        self._slot_plan: dict[int, ReadPlan] = {}  # slot -> how its bytes were read (for the cache)
         self._pid = os.getpid()
         self._stats = {"batches": 0, "samples": 0, "skipped": 0, "fallback_decoded": 0, "wait_s": 0.0,
                        "python_decode_s": 0.0, "ready_on_arrival": 0, "slots_busy_sum": 0}
@@ -139,10 +162,13 @@ class Loader:
     def state_dict(self) -> dict[str, int]:
         """Where the loader stands: resuming from it yields exactly the remaining batches of the epoch."""
         return {"epoch": self._epoch, "position": self._position, "seed": self.seed, "num_samples": len(self.index),
-                "batch_size": self.batch_size, "shard": self.sampler.shard, "num_shards": self.sampler.num_shards}
+                "batch_size": self.batch_size, "shard": self.sampler.shard, "num_shards": self.sampler.num_shards,
+                "order": self.sampler.describe()}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restores a state_dict(); refuses one taken on another dataset, batch size, seed or sharding."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a state_dict(); refuses one taken on another dataset, batch size, seed, order or sharding."""
+        if "order" in state and state["order"] != self.sampler.describe():
+            raise ValueError(f"loader state has order {state['order']!r}, this loader has {self.sampler.describe()!r}")
         for key, mine in (("num_samples", len(self.index)), ("batch_size", self.batch_size), ("seed", self.seed),
                           ("shard", self.sampler.shard), ("num_shards", self.sampler.num_shards)):
             if key in state and int(state[key]) != mine:
@@ -165,6 +191,8 @@ class Loader:
             out["pillow_simd"] = self._decoder.simd
         if self._t_start is not None and out["samples"]:
             out["images_per_s"] = out["samples"] / (time.perf_counter() - self._t_start)
+        if self.cache is not None:
+            out["cache"] = self.cache.stats()
         return out
 
     # -- machinery --------------------------------------------------------------------------------------
@@ -205,17 +233,39 @@ class Loader:
             batch = f.fetch_batch(self.index.names(), self.index.sizes)
         self._memory = (batch.arena, batch.offsets)
 
+    def _cache_key(self, i: int) -> Any:
+        from .disk_cache import CacheKey
+
+        idx = self.index
+        if isinstance(idx, ShardIndex):
+            return CacheKey(idx.bucket, idx.name(i), int(idx.generations[i]), int(idx.starts[i]), int(idx.sizes[i]))
+        return CacheKey(idx.bucket, idx.name(i), int(idx.generations[i]))
+
+    def _plan(self, indices: np.ndarray, present: np.ndarray | None = None) -> ReadPlan:
+        idx = self.index
+        if isinstance(idx, ShardIndex):  # members of shards: ranged GETs, neighbours coalesced
+            return plan_ranges(idx.shard[indices], idx.starts[indices], idx.sizes[indices],
+                               max_gap=self.coalesce_gap, present=present)
+        return plan_whole_objects(idx.sizes[indices], present)
+
     def _submit(self, batch_no: int, k: int, indices: np.ndarray, epoch: int) -> None:
         slot = self._ring.slots[k]
         idx = self.index
         sizes = idx.sizes[indices]
+        spans: list = []
         if self._memory is not None:
             arena, offsets = self._memory[0], self._memory[1][indices]
         else:
-            offsets = np.zeros(len(indices), dtype=np.int64)
-            if len(indices) > 1:
-                np.cumsum(sizes[:-1], out=offsets[1:])
-            arena = slot.ensure_arena(int(sizes.sum()))
+            plan = self._plan(indices)
+            arena = slot.ensure_arena(plan.arena_size)
+            if self.cache is not None:  # cache hits land in the arena now and need no GET
+                present = np.array([self.cache.get_into(self._cache_key(int(i)),
+                                                        arena[plan.offsets[j]:plan.offsets[j] + sizes[j]])
+                                    for j, i in enumerate(indices)], dtype=bool)
+                if present.any():
+                    plan = self._plan(indices, present)
+            offsets, spans = plan.offsets, plan.spans
+            self._slot_plan[k] = plan
         self._slot_bytes[k] = (arena, offsets)
         seeds = [_native.sample_seed(self.seed, epoch, int(i)) for i in indices]
         out = slot.images.numpy() if self.backend == "native" else None
@@ -223,7 +273,19 @@ class Loader:
         starts = idx.starts[indices].tolist() if isinstance(idx, ShardIndex) else []  # shard members: ranged GETs
         self._pipeline.submit(batch_no, idx.bucket, [idx.name(int(i)) for i in indices],
                               idx.generations[indices].tolist(), seeds, offsets.tolist(), sizes.tolist(),
-                              self._memory is not None, arena, out, starts)
+                              self._memory is not None, arena, out, starts, spans)
+
+    def _cache_fetched(self, k: int, indices: np.ndarray, nbytes: list[int], failed: list) -> None:
+        """Stores the samples this batch fetched (not the cache hits, not the failures) in the disk cache."""
+        bad = {i for i, _ in failed}
+        arena, offsets = self._slot_bytes[k]
+        for span in self._slot_plan[k].spans:
+            if span[3]:
+                continue
+            for j in span[4]:
+                if j not in bad:
+                    off = int(offsets[j])
+                    self.cache.put(self._cache_key(int(indices[j])), arena[off:off + nbytes[j]])
 
     def _drain(self) -> None:
         if self._pipeline is not None and self._pipeline.outstanding:
@@ -330,6 +392,8 @@ class Loader:
                 self._stats["wait_s"] += time.perf_counter() - t0
                 _, nbytes, failed, _decode_s = done.pop(b)
                 k, ind = in_slot.pop(b)
+                if self.cache is not None:
+                    self._cache_fetched(k, ind, nbytes, failed)
                 if self.backend != "native":
                     failed = self._decode_in_python(k, ind, epoch, nbytes, failed)
                 labels = self.index.labels[ind].astype(np.int64)
