@@ -6,15 +6,23 @@ RandomResizedCrop + flip, ToTensor + Normalize (written out here, torchvision is
 All run the training transform at --size on the same objects in the same run. By default it generates
 ImageNet-like data (~110 KB JPEGs) in the embedded emulator; --bucket B --prefix P reads an existing
 bucket in the ILSVRC layout (real GCS, or the emulator STORAGE_EMULATOR_HOST names).
+Sources: `bucket` (one GET per object), `memory` (read once into RAM), and packed tar shards read with
+ranged GETs: `shards-global` (global shuffle: about one GET per sample) and `shards-block` (block
+shuffle: a batch is a few runs of neighbours, coalesced into a few GETs). Generated data is packed into
+--shard-size shards first; with --bucket, give --shards gs://.../train.index.npz (from `hivedata pack`).
 
 JSON schema (--json PATH):
     {"device": str, "batch_size": int, "size": int, "seconds": float, "images": int, "mean_object_bytes": float,
      "cores": int, "pil": str,
-     "results": [{"backend": str, "source": "bucket" | "memory", "images_per_s": float,
+     "results": [{"backend": str, "source": "bucket" | "memory" | "shards-global" | "shards-block",
+                  "images_per_s": float,
+                  "gets_per_epoch": float,     # GET requests per epoch of the whole dataset (0 from memory)
                   "cpu_cores": float,          # process CPU seconds per wall second while measuring
                   "batches": int, "rss_mb_start": float, "rss_mb_end": float,
                   "rss_mb_samples": [float]}],   # after warm-up, then every tenth of the measured time
-     "ratios": {"native_vs_baseline": float, "native_vs_dali": float, "native_stream_vs_memory": float}}
+     "ratios": {"native_vs_baseline": float, "native_vs_dali": float, "native_stream_vs_memory": float,
+                "shards_global_vs_objects": float, "shards_block_vs_objects": float,
+                "gets_objects_over_block": float}}
 A PNG bar chart is written next to the JSON (or to --png).
 """
 
@@ -107,8 +115,21 @@ class Baseline:
             images = torch.stack(list(self.pool.map(self._sample, idx.tolist(), range(s, s + len(idx)))))
             yield images, torch.from_numpy(self.index.labels[idx].astype(np.int64))
 
+    def gets_per_image(self) -> float:
+        """One download per image when streaming, none from memory."""
+        return 0.0 if self.cache is not None else 1.0
+
     def close(self) -> None:
         self.pool.shutdown()
+
+
+class Counted(Loader):
+    """A Loader that reports GET requests per image read (the pipeline's counter)."""
+
+    def gets_per_image(self) -> float:
+        """GETs the pipeline made per sample handed out (prefetched batches make it a slight overcount)."""
+        st = self.stats()
+        return st.get("gets", 0) / max(1, st["samples"])
 
 
 def measure(make, seconds: float) -> dict:
@@ -134,9 +155,11 @@ def measure(make, seconds: float) -> dict:
             images += x.shape[0]
             batches += 1
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        gets_per_image = loader.gets_per_image()
     finally:
         loader.close()
-    return {"images_per_s": images / wall, "cpu_cores": cpu / wall, "batches": batches, "rss_mb_start": rss0,
+    return {"images_per_s": images / wall, "cpu_cores": cpu / wall, "batches": batches,
+            "gets_per_image": gets_per_image, "rss_mb_start": rss0,
             "rss_mb_end": rss_mb(), "rss_mb_samples": [round(x, 1) for x in rss_samples]}
 
 
@@ -166,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bucket", help="existing bucket, ILSVRC layout (default: embedded emulator, generated data)")
     ap.add_argument("--prefix", default="train", help="training prefix in --bucket")
     ap.add_argument("--backends", default="native,pillow,dali,baseline")
-    ap.add_argument("--sources", default="bucket,memory", help="bucket (streaming) and/or memory")
+    ap.add_argument("--sources", default="bucket,memory,shards-global,shards-block",
+                    help="bucket (per object), memory, shards-global, shards-block")
+    ap.add_argument("--shards", help="shard index (gs://.../train.index.npz) for the shards-* sources")
+    ap.add_argument("--shard-size", default="64MB", help="generated data: packed shard size")
+    ap.add_argument("--block-size", type=int, default=64, help="shards-block: samples per run")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seconds", type=float, default=15.0, help="measured time per (backend, source)")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -186,6 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generating {args.classes * args.per_class} images in the embedded emulator ...", flush=True)
         upload_dataset(bucket, SyntheticSpec(num_classes=args.classes, train_per_class=args.per_class,
                                              val_per_class=0), progress=False)
+    sources = args.sources.split(",")
+    shards = args.shards
+    if shards is None and em is not None and any(x.startswith("shards") for x in sources):
+        from hivedata.pack import pack, parse_size
+
+        print("packing it into tar shards ...", flush=True)
+        pack(f"gs://{bucket}/{prefix}", f"gs://{bucket}/packed", shard_size=parse_size(args.shard_size),
+             progress=False, log=lambda s: None)
+        shards = f"gs://{bucket}/packed/{prefix.rstrip('/').rsplit('/', 1)[-1]}.index.npz"
+    if shards is None:
+        sources = [x for x in sources if not x.startswith("shards")]
     results = []
     try:
         index = load_index(f"gs://{bucket}/{prefix}", progress=False)
@@ -196,18 +234,26 @@ def main(argv: list[str] | None = None) -> int:
                 except ImportError:
                     print("dali: not installed (pip install nvidia-dali-cuda130), skipped")
                     continue
-            for source in args.sources.split(","):
+            for source in sources:
                 memory = source == "memory"
                 if backend == "baseline":
+                    if source.startswith("shards"):
+                        continue
+
                     def make(memory=memory):
                         return Baseline(index, args.batch_size, args.size, memory)
                 else:
-                    def make(memory=memory, backend=backend):
-                        return Loader(index, batch_size=args.batch_size, train=True, image_size=args.size,
-                                      backend=backend, device=args.device, workers=args.workers, in_memory=memory)
+                    def make(memory=memory, backend=backend, source=source):
+                        src = shards if source.startswith("shards") else index
+                        order = dict(shuffle="block", block_size=args.block_size) if source == "shards-block" else {}
+                        return Counted(src, batch_size=args.batch_size, train=True, image_size=args.size,
+                                       backend=backend, device=args.device, workers=args.workers, in_memory=memory,
+                                       **order)
                 r = {"backend": backend, "source": source} | measure(make, args.seconds)
-                print(f"{backend:<9} {source:<7} {r['images_per_s']:8.0f} img/s  {r['cpu_cores']:.2f} cores  "
-                      f"rss {r['rss_mb_start']:.0f}->{r['rss_mb_end']:.0f} MB", flush=True)
+                r["gets_per_epoch"] = r.pop("gets_per_image") * len(index)
+                print(f"{backend:<9} {source:<13} {r['images_per_s']:8.0f} img/s  {r['cpu_cores']:.2f} cores  "
+                      f"{r['gets_per_epoch']:8.0f} GETs/epoch  rss {r['rss_mb_start']:.0f}->{r['rss_mb_end']:.0f} MB",
+                      flush=True)
                 results.append(r)
     finally:
         if em:
@@ -223,14 +269,21 @@ def main(argv: list[str] | None = None) -> int:
         ratios["native_vs_dali"] = by[("native", "bucket")] / by[("dali", "bucket")]
     if ("native", "bucket") in by and ("native", "memory") in by:
         ratios["native_stream_vs_memory"] = by[("native", "bucket")] / by[("native", "memory")]
+    for name, src in (("shards_global_vs_objects", "shards-global"), ("shards_block_vs_objects", "shards-block")):
+        if ("native", "bucket") in by and ("native", src) in by:
+            ratios[name] = by[("native", src)] / by[("native", "bucket")]
+    gets = {(r["backend"], r["source"]): r["gets_per_epoch"] for r in results}
+    if gets.get(("native", "shards-block")) and ("native", "bucket") in gets:
+        ratios["gets_objects_over_block"] = gets[("native", "bucket")] / gets[("native", "shards-block")]
     out = {"device": args.device, "batch_size": args.batch_size, "size": args.size, "seconds": args.seconds,
            "images": len(index), "mean_object_bytes": float(index.sizes.mean()), "cores": os.cpu_count(),
            "pil": PIL.__version__, "results": results, "ratios": ratios}
     print(f"\n{len(index)} images, mean {out['mean_object_bytes'] / 1e3:.0f} KB, batch {args.batch_size}, "
           f"{args.size} px train transform, device {args.device}, {os.cpu_count()} cores")
-    print(f"{'backend':<9} {'source':<7} {'images/s':>9} {'cores':>6}")
+    print(f"{'backend':<9} {'source':<13} {'images/s':>9} {'cores':>6} {'GETs/epoch':>10}")
     for r in results:
-        print(f"{r['backend']:<9} {r['source']:<7} {r['images_per_s']:>9.0f} {r['cpu_cores']:>6.2f}")
+        print(f"{r['backend']:<9} {r['source']:<13} {r['images_per_s']:>9.0f} {r['cpu_cores']:>6.2f} "
+              f"{r['gets_per_epoch']:>10.0f}")
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     if args.json:

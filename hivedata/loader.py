@@ -20,7 +20,7 @@ from .index import Index, load_index
 from .read_plan import DEFAULT_MAX_GAP, ReadPlan, plan_ranges, plan_whole_objects
 from .ring import Ring, to_device
 from .sampler import EpochSampler
-from .shard_index import ShardIndex, load_shard_index
+from .shard_index import ShardIndex, load_existing_shards, load_shard_index
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -47,6 +47,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 class Loader:
     """Batches of (images, labels) from a gs:// prefix or an Index, decoded and augmented natively.
+
+    Sources: gs://bucket/prefix (ILSVRC class folders, one GET per image), gs://.../<name>.index.npz
+    (shards written by `python -m hivedata pack`), gs://.../folder/*.tar (any WebDataset shards: their
+    headers are read once and the index cached locally), or an Index / ShardIndex.
 
     Configuration guide (keyword-only):
       batch_size, train   train=True: RandomResizedCrop + flip, shuffled, drop_last; False: resize the
@@ -102,6 +106,9 @@ class Loader:
             self.index = source
         elif isinstance(source, str) and source.endswith(".index.npz"):  # packed shards (hivedata pack)
             self.index = load_shard_index(source, endpoint=self.endpoint, credentials=self._tokens)
+        elif isinstance(source, str) and source.endswith("/*.tar"):  # any WebDataset shards: indexed once, cached
+            self.index = load_existing_shards(source[:-len("*.tar")], endpoint=self.endpoint,
+                                              credentials=self._tokens, classes=classes)
         else:
             self.index = load_index(source, classes=classes, labels=labels, endpoint=endpoint,
                                     credentials=self._tokens)

@@ -8,7 +8,9 @@ built once by reading the tar headers with ranged GETs, then cached locally.
 from __future__ import annotations
 
 import io
+import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from .errors import IndexStaleError
-from .index import Located
+from .index import Located, cache_path
 from .tar_layout import BLOCK, padded, parse_header, pax_path
 
+log = logging.getLogger(__name__)
 SHARD_INDEX_FORMAT = 1
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 
@@ -91,7 +94,7 @@ class ShardIndex(Located):
                            shard_sizes=z["shard_sizes"], shard_generations=z["shard_generations"], shard=z["shard"],
                            starts=z["starts"], sizes=z["sizes"], labels=z["labels"], keys_blob=z["keys_blob"],
                            key_offsets=z["key_offsets"])
-        except (ValueError, KeyError, OSError) as e:
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(f"{what} is not a hivedata shard index: {e}") from e
 
     def save(self, path: str | Path) -> None:
@@ -187,41 +190,54 @@ def samples_from_members(members: list[tuple[str, int, int, bytes]], shard_no: i
     return samples
 
 
-def index_existing_shards(bucket: str, prefix: str, *, endpoint: str | None = None, credentials: Any = "auto",
-                          classes: Sequence[str] | None = None, workers: int = 8) -> ShardIndex:
-    """Indexes WebDataset tar shards under gs://bucket/prefix by walking their headers with ranged GETs."""
-    import threading
-
+def _connect(endpoint: str | None, credentials: Any) -> tuple[str, Any]:
     from .auth import TokenSource
-    from .fetch import Fetcher
-    from .gcs_json import GcsJsonClient
     from .gcs_paths import storage_endpoint
 
     ep = storage_endpoint(endpoint)
-    tokens = credentials if isinstance(credentials, TokenSource) else TokenSource(credentials, endpoint=ep)
+    return ep, credentials if isinstance(credentials, TokenSource) else TokenSource(credentials, endpoint=ep)
+
+
+def _list_shards(bucket: str, prefix: str, ep: str, tokens: Any) -> list[Any]:
+    """The .tar objects under gs://bucket/prefix (ObjectMeta: name, size, generation), sorted by name."""
+    from .gcs_json import GcsJsonClient
+
     listed = (o for page in GcsJsonClient(ep, tokens).list_pages(bucket, prefix) for o in page.objects)
     shards = sorted((o for o in listed if o.name.endswith(".tar")), key=lambda o: o.name)
     if not shards:
         raise FileNotFoundError(f"no .tar shards under gs://{bucket}/{prefix}")
-    class_of = {c: i for i, c in enumerate(classes)} if classes else None
+    return shards
+
+
+def _walk_shards(bucket: str, shards: Sequence[Any], numbers: Sequence[int], ep: str, tokens: Any,
+                 class_of: dict[str, int] | None, workers: int) -> list[list[tuple]]:
+    """Per shard, its samples (numbered numbers[i]) from walking its tar headers with ranged GETs."""
+    import threading
+
+    from .fetch import Fetcher
+
     local = threading.local()  # a Fetcher streams one request at a time: one per worker thread
     opened: list[Fetcher] = []
 
-    def one(n: int) -> list[tuple]:
+    def one(i: int) -> list[tuple]:
         if not hasattr(local, "fetcher"):
             local.fetcher = Fetcher(bucket, endpoint=ep, credentials=tokens, max_in_flight=2)
             opened.append(local.fetcher)
-        o = shards[n]
+        o = shards[i]
         what = f"gs://{bucket}/{o.name}"
         members = read_tar_members(lambda s, ln: local.fetcher.read(o.name, s, ln), o.size, what)
-        return samples_from_members(members, n, what, class_of)
+        return samples_from_members(members, numbers[i], what, class_of)
 
     try:
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            per_shard = list(pool.map(one, range(len(shards))))
+        with ThreadPoolExecutor(max(1, min(workers, len(shards) or 1))) as pool:
+            return list(pool.map(one, range(len(shards))))
     finally:
         for f in opened:
             f.close()
+
+
+def _assemble(bucket: str, prefix: str, shards: Sequence[Any], per_shard: Sequence[Sequence[tuple]],
+              classes: Sequence[str] | None, ep: str) -> ShardIndex:
     samples = [s for group in per_shard for s in group]
     n_classes = max((s[3] for s in samples), default=-1) + 1
     names = list(classes) if classes else [str(i) for i in range(n_classes)]
@@ -229,18 +245,87 @@ def index_existing_shards(bucket: str, prefix: str, *, endpoint: str | None = No
                             [o.generation for o in shards], samples, endpoint=ep)
 
 
+def _class_map(classes: Sequence[str] | None) -> dict[str, int] | None:
+    return {c: i for i, c in enumerate(classes)} if classes else None
+
+
+def index_existing_shards(bucket: str, prefix: str, *, endpoint: str | None = None, credentials: Any = "auto",
+                          classes: Sequence[str] | None = None, workers: int = 8) -> ShardIndex:
+    """Indexes WebDataset tar shards under gs://bucket/prefix by walking their headers with ranged GETs."""
+    ep, tokens = _connect(endpoint, credentials)
+    shards = _list_shards(bucket, prefix, ep, tokens)
+    per_shard = _walk_shards(bucket, shards, range(len(shards)), ep, tokens, _class_map(classes), workers)
+    return _assemble(bucket, prefix, shards, per_shard, classes, ep)
+
+
+def shard_cache_path(url: str, *, endpoint: str | None = None, classes: Sequence[str] | None = None,
+                     cache_dir: str | Path | None = None) -> Path:
+    """Where load_existing_shards caches the index of the shards under `url` (beside load_index's files)."""
+    path = cache_path(url, endpoint=endpoint, classes=classes, cache_dir=cache_dir)
+    return path.with_name(f"{path.stem}.shards.npz")
+
+
+def _cached_samples(old: ShardIndex) -> dict[tuple[str, int, int], list[tuple]]:
+    """(name, size, generation) of each cached shard -> its samples as (start, size, label, key)."""
+    order = np.argsort(old.shard, kind="stable")
+    bounds = np.searchsorted(old.shard[order], np.arange(len(old.shard_names) + 1))
+    blob, offs = old.keys_blob.tobytes(), old.key_offsets.tolist()
+    starts, sizes, labels = old.starts.tolist(), old.sizes.tolist(), old.labels.tolist()
+    return {k: [(starts[i], sizes[i], labels[i], blob[offs[i]:offs[i + 1]].decode())
+                for i in order[bounds[m]:bounds[m + 1]].tolist()] for m, k in enumerate(_shard_keys(old))}
+
+
+def _shard_keys(index: ShardIndex) -> list[tuple[str, int, int]]:
+    return list(zip(index.shard_names, index.shard_sizes.tolist(), index.shard_generations.tolist(), strict=True))
+
+
+def load_existing_shards(url: str, *, endpoint: str | None = None, credentials: Any = "auto",
+                         classes: Sequence[str] | None = None, workers: int = 8, cache_dir: str | Path | None = None,
+                         refresh: bool = False) -> ShardIndex:
+    """The index of the .tar shards under gs://bucket/prefix, cached locally; walks only new or changed shards.
+
+    One listing per call; a cached index whose shard names, sizes and generations equal it is returned
+    as is. refresh=True walks every shard again.
+    """
+    from .gcs_paths import parse_gcs_url
+
+    loc = parse_gcs_url(url)
+    prefix = loc.prefix if not loc.prefix or loc.prefix.endswith("/") else loc.prefix + "/"
+    ep, tokens = _connect(endpoint, credentials)
+    shards = _list_shards(loc.bucket, prefix, ep, tokens)
+    path = shard_cache_path(f"gs://{loc.bucket}/{prefix}", endpoint=ep, classes=classes, cache_dir=cache_dir)
+    listed = [(o.name, o.size, o.generation) for o in shards]
+    known: dict[tuple[str, int, int], list[tuple]] = {}
+    if path.exists() and not refresh:
+        try:
+            old = ShardIndex.load(path)
+            if _shard_keys(old) == listed:
+                return old
+            known = _cached_samples(old)
+        except (OSError, ValueError, IndexError, IndexStaleError) as e:
+            log.warning("ignoring unreadable shard index cache %s: %s", path, e)
+        else:
+            log.info("shard index cache %s is stale: %d of %d shards new or changed, %d gone", path,
+                     sum(k not in known for k in listed), len(listed), len(set(known) - set(listed)))
+    todo = [n for n, k in enumerate(listed) if k not in known]
+    walked = _walk_shards(loc.bucket, [shards[n] for n in todo], todo, ep, tokens, _class_map(classes), workers)
+    per_shard = dict(zip(todo, walked, strict=True))
+    per_shard.update({n: [(n, *s) for s in known[k]] for n, k in enumerate(listed) if k in known})
+    index = _assemble(loc.bucket, prefix, shards, [per_shard[n] for n in range(len(shards))], classes, ep)
+    index.save(path)
+    return index
+
+
 def load_shard_index(url: str, *, endpoint: str | None = None, credentials: Any = "auto") -> ShardIndex:
     """Reads a shard index object (gs://bucket/<stem>.index.npz) or a local index file."""
     if not url.startswith("gs://"):
         return ShardIndex.load(url)
-    from .auth import TokenSource
     from .gcs_json import GcsJsonClient
-    from .gcs_paths import parse_gcs_url, storage_endpoint
+    from .gcs_paths import parse_gcs_url
 
     where = parse_gcs_url(url)
     bucket, name = where.bucket, where.prefix
-    ep = storage_endpoint(endpoint)
-    tokens = credentials if isinstance(credentials, TokenSource) else TokenSource(credentials, endpoint=ep)
+    ep, tokens = _connect(endpoint, credentials)
     index = ShardIndex.from_bytes(GcsJsonClient(ep, tokens).download(bucket, name), what=url)
     index.endpoint = ep
     return index

@@ -16,7 +16,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = p.add_argument_group("data")
     d.add_argument("--bucket_name", "--bucket", dest="bucket", default=None,
                    help="GCS bucket with the dataset (none: the embedded emulator with generated data)")
-    d.add_argument("--train_prefix", default="train", help="training images, <prefix>/<wnid>/<file>.JPEG")
+    d.add_argument("--train_prefix", default="train",
+                   help="training images: <prefix>/<wnid>/<file>.JPEG, packed shards <name>.index.npz "
+                        "(python -m hivedata pack), or WebDataset shards <folder>/*.tar")
+    d.add_argument("--shuffle", default="global", choices=["global", "block"],
+                   help="block: a batch is a few runs of neighbouring samples, far fewer GETs (shards)")
+    d.add_argument("--block_size", type=int, default=64, help="--shuffle block: samples per run")
+    d.add_argument("--cache_dir", default=None, help="local disk cache of fetched bytes (none: no cache)")
+    d.add_argument("--cache_size", default="20GB", help="the disk cache's size bound")
     d.add_argument("--val_prefix", default="val", help="validation images: class folders, or flat with --val_labels")
     d.add_argument("--val_labels", default=None, help="labels for a flat validation folder (path or gs://)")
     d.add_argument("--image_size", type=int, default=None, help="training crop size (default 224; 64 embedded)")
@@ -71,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 def validate(args: argparse.Namespace) -> list[str]:
     """Problems with a combination of flags (empty when fine)."""
     problems = []
-    for name in ("batch_size", "target_batch_size", "image_size", "val_every", "val_batches", "num_workers"):
+    for name in ("batch_size", "target_batch_size", "image_size", "val_every", "val_batches", "num_workers",
+                 "block_size"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             problems.append(f"--{name} must be positive, got {value}")
@@ -95,6 +103,13 @@ def validate(args: argparse.Namespace) -> list[str]:
         problems.append(f"--target_accuracy is a fraction in (0, 1], got {args.target_accuracy}")
     if args.identity_path and not os.path.isdir(os.path.dirname(os.path.abspath(args.identity_path))):
         problems.append(f"--identity_path: directory of {args.identity_path} does not exist")
+    if args.cache_dir is not None:
+        from .disk_cache import parse_cache_size
+
+        try:
+            parse_cache_size(args.cache_size)
+        except ValueError as e:
+            problems.append(f"--cache_size: {e}")
     if not 0 <= args.label_smoothing < 1:
         problems.append(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
     return problems

@@ -121,7 +121,8 @@ class Trainer:
                      else peer_seed(self.peer_id, args.seed))
         self.train_loader = Loader(f"gs://{args.bucket}/{args.train_prefix}", batch_size=args.batch_size, train=True,
                                    image_size=args.image_size, backend=args.backend, device=str(self.device),
-                                   seed=data_seed, workers=args.num_workers,
+                                   seed=data_seed, workers=args.num_workers, shuffle=args.shuffle,
+                                   block_size=args.block_size, cache_dir=args.cache_dir, cache_size=args.cache_size,
                                    channels_last=self.device.type == "cuda")
         self.val_loader = Loader(f"gs://{args.bucket}/{args.val_prefix}", batch_size=args.batch_size, train=False,
                                  image_size=args.image_size, backend=args.backend, device=str(self.device),

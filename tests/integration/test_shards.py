@@ -142,6 +142,12 @@ def test_we_read_shards_webdataset_wrote(dataset, gcs_emulator, tmp_path):
             i = by_key[key]
             assert f.read(index.name(i), int(index.starts[i]), int(index.sizes[i])) == data
             assert int(index.labels[i]) == label
+    kw = dict(batch_size=len(written), train=False, image_size=32, backend="native", shuffle=False, workers=1)
+    with Loader(f"gs://{name}/theirs/*.tar", **kw) as ld:  # the loader indexes them itself (then from cache)
+        (_, labels), = list(ld)
+        assert ld.stats()["skipped"] == 0
+        assert labels.tolist() == [label for label in ld.index.labels.tolist()]
+        assert sorted(labels.tolist()) == sorted(w[2] for w in written)
 
 
 def test_truncated_tar_names_the_shard():
