@@ -24,6 +24,7 @@ export PYTHONPATH="$OUT/lib:$ROOT"
 if [ $# -eq 0 ]; then
   set -- tests/unit/test_native_basics.py tests/integration/test_fetch.py tests/integration/test_faults.py \
     tests/integration/test_process_hazards.py tests/unit/test_decode.py tests/unit/test_decode_hostile.py \
-    tests/integration/test_loader.py tests/integration/test_shards.py -k "not dali"  # DALI's own libraries do not load under ASan
+    tests/integration/test_loader.py tests/integration/test_shards.py tests/integration/test_block_reads.py \
+    tests/unit/test_read_plan.py -k "not dali"  # DALI's own libraries do not load under ASan
 fi
 "$PY" -P -m pytest -q -p no:cacheprovider "$@"
