@@ -74,7 +74,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
     try:
         size = parse_size(args.shard_size)
-        pack(args.src, args.dst, shard_size=size, stem=args.name, verify=args.verify, progress=not args.quiet)
+        pack(args.src, args.dst, shard_size=size, stem=args.name, verify=args.verify, progress=not args.quiet,
+             order=args.order, seed=args.seed)
     except (ValueError, FileNotFoundError) as e:
         print(f"hivedata pack: {e}", file=sys.stderr)
         return 2
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", default="256MB", help="largest shard (e.g. 256MB, 1GiB)")
     p.add_argument("--name", help="shard name stem, e.g. train -> train-000000.tar (default: SRC's last part)")
     p.add_argument("--verify", type=int, default=0, metavar="N", help="compare N random packed samples with SRC")
+    p.add_argument("--order", default="random", choices=["random", "sorted"],
+                   help="sample order across shards: random (seeded; every shard holds every class) or sorted")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random order")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_pack)
     p = sub.add_parser("plot", help="draw a training metrics file (.jsonl/.csv) to PNG")

@@ -3,11 +3,15 @@
 SRC is a gs:// prefix (listed with the index) or a local directory (``<class>/<file>.JPEG``); DST a
 gs:// prefix or a local directory. Shards are planned up front (members ``<key>.jpg`` + ``<key>.cls``,
 at most --shard-size bytes each), so every sample's offset is known before packing and a re-run
-skips the shards that already exist with their planned size. The index object is written last.
+skips the shards that already exist with their planned size. Samples go in a seeded random order by
+default (a shard then holds every class, so block-shuffled batches do too); a digest of the plan is
+written first (``<stem>.plan``) and a re-run with a different plan is refused instead of mixing two.
+The index object is written last.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from collections.abc import Callable
@@ -108,12 +112,23 @@ def local_source(root: str) -> Source:
     return Source(classes, names, sizes, labels, keys, read_many, lambda i: names[i])
 
 
-def plan_shards(src: Source, shard_size: int, stem: str) -> list[PlannedShard]:
-    """Assigns samples, in order, to shards of at most shard_size bytes (a bigger sample gets its own)."""
+def sample_order(n: int, order: str, seed: int) -> list[int]:
+    """The packing order: 'random' (seeded permutation, the default) or 'sorted' (class by class)."""
+    if order == "sorted":
+        return list(range(n))
+    if order != "random":
+        raise ValueError(f"pack order must be 'random' or 'sorted', not {order!r}")
+    picks = list(range(n))
+    random.Random(seed).shuffle(picks)
+    return picks
+
+
+def plan_shards(src: Source, shard_size: int, stem: str, order: list[int] | None = None) -> list[PlannedShard]:
+    """Assigns samples, in `order` (default: as listed), to shards of at most shard_size bytes (a bigger one alone)."""
     shards: list[PlannedShard] = []
     cur = PlannedShard(f"{stem}-{0:06d}.tar")
     pos = 0
-    for i in range(len(src.names)):
+    for i in (range(len(src.names)) if order is None else order):
         img = member_header(f"{src.keys[i]}.jpg", src.sizes[i])
         cls_text = str(src.labels[i]).encode()
         cls = member_header(f"{src.keys[i]}.cls", len(cls_text))
@@ -217,8 +232,31 @@ def index_name(stem: str) -> str:
     return f"{stem}.index.npz"
 
 
+def plan_digest(src: Source, shards: list[PlannedShard]) -> str:
+    """A digest of what every shard will hold (names, keys, sizes, labels, offsets)."""
+    h = hashlib.sha256()
+    for s in shards:
+        h.update(f"{s.name} {s.size}\n".encode())
+        for i, start in zip(s.samples, s.starts, strict=True):
+            h.update(f"{src.keys[i]} {src.sizes[i]} {src.labels[i]} {start}\n".encode())
+    return h.hexdigest()
+
+
+def _check_plan(dst: Destination, stem: str, digest: str) -> None:
+    """Refuses to resume shards written with another plan; records this plan otherwise."""
+    name = f"{stem}.plan"
+    if dst.existing(name) is not None:
+        have = dst.read_range(name, 0, 64).decode(errors="replace").strip()
+        if have != digest:
+            raise ValueError(f"pack: {dst.object_name(name)} records shards packed with another plan (a different "
+                             "source, --shard-size, --order or --seed); pack into a new DST or delete the old shards")
+        return
+    dst.write(name, digest.encode())
+
+
 def pack(src_url: str, dst_url: str, *, shard_size: int = 256 * 10**6, stem: str | None = None,
-         verify: int = 0, progress: bool = True, log: Callable[[str], None] = print) -> ShardIndex:
+         verify: int = 0, progress: bool = True, log: Callable[[str], None] = print, order: str = "random",
+         seed: int = 0) -> ShardIndex:
     """Packs SRC into shards under DST (resuming), writes the index, optionally verifies `verify` samples."""
     from tqdm.auto import tqdm
 
@@ -227,7 +265,8 @@ def pack(src_url: str, dst_url: str, *, shard_size: int = 256 * 10**6, stem: str
     src = gcs_source(src_url) if src_url.startswith("gs://") else local_source(src_url)
     stem = stem or (src_url.rstrip("/").rsplit("/", 1)[-1] or "shards")
     dst = Destination(dst_url)
-    shards = plan_shards(src, shard_size, stem)
+    shards = plan_shards(src, shard_size, stem, sample_order(len(src.names), order, seed))
+    _check_plan(dst, stem, plan_digest(src, shards))
     generations: list[int] = [0] * len(shards)
     skipped = 0
     bar = tqdm(total=sum(s.size for s in shards), unit="B", unit_scale=True, desc=f"packing {len(shards)} shards",

@@ -26,15 +26,23 @@ BLOCK = dict(shuffle="block", block_size=16, coalesce_gap=4096)
 
 @pytest.fixture(scope="module")
 def data(gcs_emulator) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """(bucket, every sample's eval-transformed image and label in index order, read per object)."""
+    """(bucket, every sample's eval-transformed image and label read per object, in the shard index's order)."""
     name = "block-reads"
     gcs_emulator.create_bucket(name)
     upload_dataset(name, SPEC, train_prefix="train", val_prefix="val", progress=False)
-    pack(f"gs://{name}/train", f"gs://{name}/packed", shard_size=128 * 1024, progress=False, log=lambda s: None)
+    packed = pack(f"gs://{name}/train", f"gs://{name}/packed", shard_size=128 * 1024, progress=False,
+                  log=lambda s: None)  # the default, random order
     with Loader(f"gs://{name}/train", batch_size=N, shuffle=False, **EVAL) as ref:
         (images, labels), = list(ref)
         assert ref.stats()["gets"] == N and ref.stats()["skipped"] == 0
-    return name, images, labels
+        position = {ref.index.name(i)[len("train/"):].rsplit(".", 1)[0]: i for i in range(N)}
+    where = torch.tensor([position[packed.key(j)] for j in range(N)])  # shard sample j = listed sample where[j]
+    assert sorted(where.tolist()) == list(range(N)) and where.tolist() != list(range(N))
+    LISTED[name] = (images, labels)
+    return name, images[where], labels[where]
+
+
+LISTED: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # bucket -> images, labels in the listing's order
 
 
 def shards(name: str) -> str:
@@ -121,6 +129,8 @@ def cache_files(root: Path) -> list[Path]:
 @pytest.mark.parametrize("source", ["shards", "objects"])
 def test_second_epoch_comes_from_the_disk_cache(data, tmp_path, source):
     name, images, labels = data
+    if source == "objects":
+        images, labels = LISTED[name]
     url = shards(name) if source == "shards" else f"gs://{name}/train"
     kw = dict(BLOCK) if source == "shards" else dict(shuffle=True)
     with Loader(url, batch_size=16, cache_dir=tmp_path, **kw, **EVAL) as cached:

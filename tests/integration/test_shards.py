@@ -39,7 +39,7 @@ def dataset(gcs_emulator) -> tuple[str, dict[str, bytes]]:
 def packed(dataset, gcs_emulator):
     name, _ = dataset
     index = pack(f"gs://{name}/train", f"gs://{name}/packed", shard_size=64 * 1024, verify=5, progress=False,
-                 log=lambda s: None)
+                 log=lambda s: None, order="sorted")  # sample i of the shards is sample i of the listing
     return index
 
 
@@ -86,6 +86,28 @@ def test_training_transform_and_resume_over_shards(dataset, packed):
     assert len(rest) == len(want) - 2 and all(torch.equal(a, b) for a, b in zip(rest, want[2:], strict=True))
 
 
+def test_default_order_is_random_and_a_different_plan_is_refused(dataset, tmp_path):
+    name, originals = dataset
+    out = tmp_path / "random"
+    index = pack(f"gs://{name}/train", str(out), shard_size=64 * 1024, progress=False, log=lambda s: None)
+    per_object = load_index(f"gs://{name}/train")
+    keys = [index.key(i) for i in range(len(index))]
+    want = sorted(n[len("train/"):].rsplit(".", 1)[0] for n in per_object.names())
+    assert sorted(keys) == want and keys != want  # every sample once, not class by class
+    first_shard = index.labels[index.shard == 0]
+    assert len(set(first_shard.tolist())) > 1  # a shard holds several classes
+    again = pack(f"gs://{name}/train", str(out), shard_size=64 * 1024, progress=False, log=lambda s: None)
+    assert again.starts.tolist() == index.starts.tolist()  # same seed: same plan, resumed
+    before = {p.name: p.read_bytes() for p in out.glob("train-*.tar")}
+    with pytest.raises(ValueError, match="another plan"):
+        pack(f"gs://{name}/train", str(out), shard_size=64 * 1024, progress=False, log=lambda s: None, seed=1)
+    assert {p.name: p.read_bytes() for p in out.glob("train-*.tar")} == before  # nothing overwritten
+    cli = subprocess.run([sys.executable, "-m", "hivedata", "pack", f"gs://{name}/train", str(out), "--shard-size",
+                          "64KiB", "--order", "sorted", "--quiet"], capture_output=True, text=True,
+                         env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert cli.returncode == 2 and "another plan" in cli.stderr
+
+
 def test_interrupted_pack_resumes(dataset, tmp_path):
     name, originals = dataset
     out = tmp_path / "shards"
@@ -115,9 +137,10 @@ def test_webdataset_reads_our_shards(dataset, tmp_path):
     for sample in wds.WebDataset(urls, shardshuffle=False):
         seen[sample["__key__"]] = (sample["jpg"], int(sample["cls"]))
     per_object = load_index(f"gs://{name}/train")
-    assert len(seen) == len(index)
-    for i in range(len(index)):
-        data, label = seen[index.key(i)]
+    listed = {per_object.name(i)[len("train/"):].rsplit(".", 1)[0]: i for i in range(len(per_object))}
+    assert len(seen) == len(index) == len(listed)
+    for key, (data, label) in seen.items():
+        i = listed[key]
         assert data == originals[per_object.name(i)] and label == int(per_object.labels[i])
 
 
