@@ -137,6 +137,7 @@ class PyPipeline {
     d["batches_in_flight"] = s.batches_in_flight;
     d["gets"] = s.gets;
     d["present"] = s.present;
+    d["splits"] = s.splits;
     d["objects"] = s.fetch.succeeded;
     d["fetch_failed"] = s.fetch.failed;
     d["bytes"] = s.fetch.bytes;

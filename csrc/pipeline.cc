@@ -85,12 +85,67 @@ struct Pipeline::State {
     }
   }
 
+  // The GET that fills span k of batch b.
+  static FetchRequest Request(const Batch* b, size_t k) {
+    const PipelineSpan& sp = b->spans[k];
+    const PipelineItem& first = b->items[sp.items[0]];
+    FetchRequest r;
+    r.tag = (b->id << kIndexBits) | k;
+    r.bucket = b->bucket;
+    r.object = first.object;
+    r.generation = first.generation;
+    r.dst = b->arena + sp.offset;
+    r.capacity = sp.length;
+    if (sp.start >= 0) {
+      r.offset = sp.start;
+      r.length = static_cast<int64_t>(sp.length);
+    }
+    return r;
+  }
+
+  // A coalesced GET that failed for a reason that may not hold for each member alone (a short or
+  // unsatisfiable range, a server or network error after its retries) is retried as one GET per member.
+  static bool WorthSplitting(const FetchStatus& st) {
+    return st.kind == ErrorKind::kBadRange || st.kind == ErrorKind::kHttp || st.kind == ErrorKind::kNetwork ||
+           st.kind == ErrorKind::kChecksum;
+  }
+
+  // Only the dispatcher thread calls this once the batch's GETs are submitted, so growing b->spans is safe.
+  void SplitSpan(Batch* b, const std::vector<size_t>& items) {
+    std::vector<FetchRequest> reqs;
+    std::vector<size_t> present;
+    for (size_t i : items) {
+      const PipelineItem& it = b->items[i];
+      PipelineSpan one;
+      one.start = it.range_start;
+      one.length = it.size;
+      one.offset = it.offset;
+      one.present = it.size == 0;
+      one.items = {i};
+      b->spans.push_back(std::move(one));
+      if (b->spans.back().present) {
+        present.push_back(b->spans.size() - 1);
+      } else {
+        reqs.push_back(Request(b, b->spans.size() - 1));
+      }
+    }
+    splits.fetch_add(1, std::memory_order_relaxed);
+    gets.fetch_add(reqs.size(), std::memory_order_relaxed);
+    if (!reqs.empty()) engine.Submit(std::move(reqs));  // before the present ones finish: they could end the batch
+    for (size_t k : present) FinishSpan(b, k, FetchResult{});
+  }
+
   // A span's GET ended: every item it holds fails with its status, or goes on to decode.
   // The batch may be completed (and freed by Poll) as soon as its last item finishes, so the span's item
   // list is copied first and `b` is touched only for items not yet finished.
   void FinishSpan(Batch* b, size_t span_no, FetchResult r) {
     const std::vector<size_t> items = b->spans[span_no].items;
     const bool whole = b->spans[span_no].start < 0;
+    if (!r.status.ok() && items.size() > 1 && !whole && WorthSplitting(r.status) &&
+        !b->cancelled.load(std::memory_order_relaxed)) {
+      SplitSpan(b, items);
+      return;
+    }
     for (size_t i : items) {
       if (!r.status.ok()) {
         b->results[i].status = r.status;
@@ -157,7 +212,7 @@ struct Pipeline::State {
   bool stop = false;
   bool started = false;
 
-  std::atomic<uint64_t> outstanding{0}, batches{0}, decoded{0}, decode_errors{0}, decode_ns{0}, gets{0}, present{0};
+  std::atomic<uint64_t> outstanding{0}, batches{0}, decoded{0}, decode_errors{0}, decode_ns{0}, gets{0}, present{0}, splits{0};
 };
 
 Pipeline::Pipeline(PipelineOptions options) : options_(std::move(options)) {
@@ -232,7 +287,7 @@ void CheckSpans(const std::string& bucket, const std::vector<PipelineItem>& item
 void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<PipelineItem> items, uint8_t* arena,
                       size_t arena_size, uint8_t* out, std::vector<PipelineSpan> spans) {
   State* s = state();
-  if (items.size() > kIndexMask) throw std::invalid_argument("batch too large");
+  if (items.size() > kIndexMask / 2) throw std::invalid_argument("batch too large");  // split spans need tags too
   for (const PipelineItem& it : items) {
     if (it.offset + it.size > arena_size || it.offset + it.size < it.offset) {
       throw std::invalid_argument("arena too small for gs://" + bucket + "/" + it.object);
@@ -242,6 +297,9 @@ void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<
     spans = SpanPerItem(items);
   } else {
     CheckSpans(bucket, items, spans, arena_size);
+  }
+  for (PipelineSpan& sp : spans) {
+    if (sp.start >= 0 && sp.length == 0) sp.present = true;  // empty members: nothing to GET (they fail to decode)
   }
   if (s->opt.decode && out == nullptr && !items.empty()) throw std::invalid_argument("decode mode needs an output slot");
   s->EnsureStarted();
@@ -277,19 +335,7 @@ void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<
       present.push_back(k);
       continue;
     }
-    const PipelineItem& first = b->items[sp.items[0]];
-    FetchRequest r;
-    r.tag = (id << kIndexBits) | k;
-    r.bucket = bucket;
-    r.object = first.object;
-    r.generation = first.generation;
-    r.dst = arena + sp.offset;
-    r.capacity = sp.length;
-    if (sp.start >= 0) {
-      r.offset = sp.start;
-      r.length = static_cast<int64_t>(sp.length);
-    }
-    reqs.push_back(std::move(r));
+    reqs.push_back(State::Request(b, k));
   }
   s->gets.fetch_add(reqs.size());
   s->present.fetch_add(present.size());
@@ -347,6 +393,7 @@ PipelineStats Pipeline::Stats() const {
   st.decode_s = static_cast<double>(state_->decode_ns.load()) * 1e-9;
   st.gets = state_->gets.load();
   st.present = state_->present.load();
+  st.splits = state_->splits.load();
   st.batches_in_flight = state_->outstanding.load();
   st.fetch = state_->engine.Stats();
   return st;

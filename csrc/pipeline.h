@@ -58,6 +58,7 @@ struct BatchResult {
 struct PipelineStats {
   uint64_t batches = 0, decoded = 0, decode_errors = 0;
   uint64_t gets = 0, present = 0;  // GETs submitted (a coalesced span counts once); spans already in the arena
+  uint64_t splits = 0;             // failed coalesced GETs retried one member at a time
   double decode_s = 0.0;
   uint64_t batches_in_flight = 0;
   EngineStats fetch;

@@ -38,17 +38,21 @@ _STAT_NAMES = ("hits", "misses", "corrupt", "puts", "evictions", "put_errors", "
 
 @dataclass(frozen=True)
 class CacheKey:
-    """One cached object or byte range of it; start=-1, length=-1 mean the whole object."""
+    """One cached object or byte range of it; start=-1, length=-1 mean the whole object.
+
+    `endpoint` keeps an emulator's objects apart from real GCS ones of the same name and generation.
+    """
 
     bucket: str
     object: str
     generation: int
     start: int = -1
     length: int = -1
+    endpoint: str = ""
 
     def text(self) -> str:
         """Canonical string form, stored in the entry to guard against hash collisions."""
-        fields = [self.bucket, self.object, int(self.generation), int(self.start), int(self.length)]
+        fields = [self.bucket, self.object, int(self.generation), int(self.start), int(self.length), self.endpoint]
         return json.dumps(fields, separators=(",", ":"))
 
 

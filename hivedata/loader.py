@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from .ring import Ring, to_device
 from .sampler import EpochSampler
 from .shard_index import ShardIndex, load_existing_shards, load_shard_index
 
+log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 BACKENDS = ("auto", "native", "pillow", "dali")
@@ -126,11 +128,17 @@ class Loader:
                                     window=shuffle_window,
                                     group_starts=None if groups is None else np.insert(groups, 0, 0))
         self.coalesce_gap = coalesce_gap
-        self.cache = None
+        if self.sampler.mode == "block" and not isinstance(self.index, ShardIndex):
+            log.warning("shuffle='block' on %s reads one object per sample anyway (no fewer GETs), and runs of a "
+                        "class-sorted listing make batches of few classes; it is meant for packed shards",
+                        self.index.url)
+        self.cache = self._cache_writer = None
         if cache_dir is not None:
+            from .cache_writer import CacheWriter
             from .disk_cache import DiskCache, parse_cache_size
 
             self.cache = DiskCache(cache_dir, parse_cache_size(cache_size))
+            self._cache_writer = CacheWriter(self.cache)
         self.backend = resolve_backend(backend, self.device)
         self.workers = workers or os.cpu_count() or 1
         self.prefetch, self.on_error, self.in_memory = prefetch, on_error, in_memory
@@ -174,8 +182,9 @@ class Loader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a state_dict(); refuses one taken on another dataset, batch size, seed, order or sharding."""
-        if "order" in state and state["order"] != self.sampler.describe():
-            raise ValueError(f"loader state has order {state['order']!r}, this loader has {self.sampler.describe()!r}")
+        order = state.get("order", "global" if self.sampler.mode == "global" else "none")  # older states: no key
+        if order != self.sampler.describe():
+            raise ValueError(f"loader state has order {order!r}, this loader has {self.sampler.describe()!r}")
         for key, mine in (("num_samples", len(self.index)), ("batch_size", self.batch_size), ("seed", self.seed),
                           ("shard", self.sampler.shard), ("num_shards", self.sampler.num_shards)):
             if key in state and int(state[key]) != mine:
@@ -199,7 +208,7 @@ class Loader:
         if self._t_start is not None and out["samples"]:
             out["images_per_s"] = out["samples"] / (time.perf_counter() - self._t_start)
         if self.cache is not None:
-            out["cache"] = self.cache.stats()
+            out["cache"] = self.cache.stats() | {"dropped": self._cache_writer.dropped}
         return out
 
     # -- machinery --------------------------------------------------------------------------------------
@@ -241,12 +250,20 @@ class Loader:
         self._memory = (batch.arena, batch.offsets)
 
     def _cache_key(self, i: int) -> Any:
+        """Sample i's disk cache key; None when its object has no generation (its bytes could change unseen)."""
         from .disk_cache import CacheKey
 
         idx = self.index
+        gen = int(idx.generations[i])
+        if gen == 0:
+            return None
         if isinstance(idx, ShardIndex):
-            return CacheKey(idx.bucket, idx.name(i), int(idx.generations[i]), int(idx.starts[i]), int(idx.sizes[i]))
-        return CacheKey(idx.bucket, idx.name(i), int(idx.generations[i]))
+            return CacheKey(idx.bucket, idx.name(i), gen, int(idx.starts[i]), int(idx.sizes[i]), self.endpoint)
+        return CacheKey(idx.bucket, idx.name(i), gen, endpoint=self.endpoint)
+
+    def _cache_get(self, i: int, out: np.ndarray) -> bool:
+        key = self._cache_key(i)
+        return key is not None and self.cache.get_into(key, out)
 
     def _plan(self, indices: np.ndarray, present: np.ndarray | None = None) -> ReadPlan:
         idx = self.index
@@ -266,8 +283,7 @@ class Loader:
             plan = self._plan(indices)
             arena = slot.ensure_arena(plan.arena_size)
             if self.cache is not None:  # cache hits land in the arena now and need no GET
-                present = np.array([self.cache.get_into(self._cache_key(int(i)),
-                                                        arena[plan.offsets[j]:plan.offsets[j] + sizes[j]])
+                present = np.array([self._cache_get(int(i), arena[plan.offsets[j]:plan.offsets[j] + sizes[j]])
                                     for j, i in enumerate(indices)], dtype=bool)
                 if present.any():
                     plan = self._plan(indices, present)
@@ -283,16 +299,19 @@ class Loader:
                               self._memory is not None, arena, out, starts, spans)
 
     def _cache_fetched(self, k: int, indices: np.ndarray, nbytes: list[int], failed: list) -> None:
-        """Stores the samples this batch fetched (not the cache hits, not the failures) in the disk cache."""
-        bad = {i for i, _ in failed}
+        """Queues the samples this batch fetched for the disk cache (not cache hits, not failed fetches)."""
+        from .errors import BadImageError
+
+        not_fetched = {i for i, e in failed if not isinstance(e, BadImageError)}  # a bad image was fetched fine
         arena, offsets = self._slot_bytes[k]
         for span in self._slot_plan[k].spans:
             if span[3]:
                 continue
             for j in span[4]:
-                if j not in bad:
+                key = self._cache_key(int(indices[j]))
+                if j not in not_fetched and key is not None:
                     off = int(offsets[j])
-                    self.cache.put(self._cache_key(int(indices[j])), arena[off:off + nbytes[j]])
+                    self._cache_writer.put(key, arena[off:off + nbytes[j]])
 
     def _drain(self) -> None:
         if self._pipeline is not None and self._pipeline.outstanding:
@@ -420,6 +439,8 @@ class Loader:
                 yield images, labels_t
             finished = True
             self._epoch, self._position = epoch + 1, 0
+            if self._cache_writer is not None:  # the next epoch finds this one's samples in the cache
+                self._cache_writer.flush()
         finally:
             if not finished:
                 self._drain()
@@ -436,6 +457,8 @@ class Loader:
         if self._fallback is not None:
             self._fallback.close()
             self._fallback = None
+        if self._cache_writer is not None:
+            self._cache_writer.close()
         self._ring = None
 
     def __enter__(self) -> Loader:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -58,7 +59,10 @@ class EpochSampler:
 
     def describe(self) -> str:
         """The order's parameters as one string (state_dict keeps it so a resume can refuse a different order)."""
-        return f"block:{self.block_size}:{self.window}" if self.mode == "block" else self.mode
+        if self.mode != "block":
+            return self.mode
+        runs = hashlib.sha256(self._runs.tobytes()).hexdigest()[:12]  # shards regrouped: another order
+        return f"block:{self.block_size}:{self.window}:{runs}"
 
     def total_batches(self) -> int:
         """Batches in an epoch across all shards."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -101,7 +102,7 @@ class ShardIndex(Located):
         """Writes the index atomically to a local file."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(self.to_bytes())
         os.replace(tmp, path)
 
@@ -212,7 +213,6 @@ def _list_shards(bucket: str, prefix: str, ep: str, tokens: Any) -> list[Any]:
 def _walk_shards(bucket: str, shards: Sequence[Any], numbers: Sequence[int], ep: str, tokens: Any,
                  class_of: dict[str, int] | None, workers: int) -> list[list[tuple]]:
     """Per shard, its samples (numbered numbers[i]) from walking its tar headers with ranged GETs."""
-    import threading
 
     from .fetch import Fetcher
 
@@ -312,7 +312,10 @@ def load_existing_shards(url: str, *, endpoint: str | None = None, credentials: 
     per_shard = dict(zip(todo, walked, strict=True))
     per_shard.update({n: [(n, *s) for s in known[k]] for n, k in enumerate(listed) if k in known})
     index = _assemble(loc.bucket, prefix, shards, [per_shard[n] for n in range(len(shards))], classes, ep)
-    index.save(path)
+    try:
+        index.save(path)
+    except OSError as e:  # the index is built: a cache we cannot write only costs the next run a walk
+        log.warning("cannot cache the shard index at %s: %s", path, e)
     return index
 
 

@@ -79,3 +79,28 @@ def test_pipeline_refuses_inconsistent_spans(spans, message):
                  [0, 60], spans)
     assert p.outstanding == 0
     p.close()
+
+
+def test_an_empty_member_is_a_decode_failure_not_a_bad_range():
+    p = _native.Pipeline(endpoint="http://127.0.0.1:9", out_h=8, out_w=8, threads=1)  # nothing is fetched
+    arena = np.zeros(64, dtype=np.uint8)
+    out = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+    p.submit(1, "b", ["shard.tar"], [7], [0], [0], [0], False, arena, out, [512], [(512, 0, 0, False, [0])])
+    _, nbytes, failed, _ = p.poll(timeout=10)
+    assert nbytes == [0] and len(failed) == 1
+    assert "gs://b/shard.tar" in str(failed[0][1]) and "range" not in str(failed[0][1]).lower()
+    assert p.stats()["gets"] == 0
+    p.close()
+
+
+def test_pipeline_refuses_a_span_mixing_objects_or_wrapping_around():
+    p = _native.Pipeline(endpoint="http://127.0.0.1:9", decode=False)
+    arena = np.zeros(200, dtype=np.uint8)
+    with pytest.raises(ValueError, match="mixes objects"):
+        p.submit(1, "b", ["a.tar", "b.tar"], [0, 0], [0, 0], [0, 60], [40, 40], False, arena, None, [0, 60],
+                 [(0, 100, 0, False, [0, 1])])
+    with pytest.raises(ValueError, match="arena too small"):
+        p.submit(1, "b", ["a.tar", "a.tar"], [0, 0], [0, 0], [0, 60], [40, 40], False, arena, None, [0, 60],
+                 [(0, 2**64 - 10, 20, False, [0, 1])])
+    assert p.outstanding == 0
+    p.close()
