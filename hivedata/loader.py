@@ -132,13 +132,11 @@ class Loader:
             log.warning("shuffle='block' on %s reads one object per sample anyway (no fewer GETs), and runs of a "
                         "class-sorted listing make batches of few classes; it is meant for packed shards",
                         self.index.url)
-        self.cache = self._cache_writer = None
+        self.cache = None
         if cache_dir is not None:
-            from .cache_writer import CacheWriter
-            from .disk_cache import DiskCache, parse_cache_size
+            from .sample_cache import SampleCache
 
-            self.cache = DiskCache(cache_dir, parse_cache_size(cache_size))
-            self._cache_writer = CacheWriter(self.cache)
+            self.cache = SampleCache(self.index, self.endpoint, cache_dir, cache_size)
         self.backend = resolve_backend(backend, self.device)
         self.workers = workers or os.cpu_count() or 1
         self.prefetch, self.on_error, self.in_memory = prefetch, on_error, in_memory
@@ -208,7 +206,7 @@ class Loader:
         if self._t_start is not None and out["samples"]:
             out["images_per_s"] = out["samples"] / (time.perf_counter() - self._t_start)
         if self.cache is not None:
-            out["cache"] = self.cache.stats() | {"dropped": self._cache_writer.dropped}
+            out["cache"] = self.cache.stats()
         return out
 
     # -- machinery --------------------------------------------------------------------------------------
@@ -249,22 +247,6 @@ class Loader:
             batch = f.fetch_batch(self.index.names(), self.index.sizes)
         self._memory = (batch.arena, batch.offsets)
 
-    def _cache_key(self, i: int) -> Any:
-        """Sample i's disk cache key; None when its object has no generation (its bytes could change unseen)."""
-        from .disk_cache import CacheKey
-
-        idx = self.index
-        gen = int(idx.generations[i])
-        if gen == 0:
-            return None
-        if isinstance(idx, ShardIndex):
-            return CacheKey(idx.bucket, idx.name(i), gen, int(idx.starts[i]), int(idx.sizes[i]), self.endpoint)
-        return CacheKey(idx.bucket, idx.name(i), gen, endpoint=self.endpoint)
-
-    def _cache_get(self, i: int, out: np.ndarray) -> bool:
-        key = self._cache_key(i)
-        return key is not None and self.cache.get_into(key, out)
-
     def _plan(self, indices: np.ndarray, present: np.ndarray | None = None) -> ReadPlan:
         idx = self.index
         if isinstance(idx, ShardIndex):  # members of shards: ranged GETs, neighbours coalesced
@@ -283,8 +265,7 @@ class Loader:
             plan = self._plan(indices)
             arena = slot.ensure_arena(plan.arena_size)
             if self.cache is not None:  # cache hits land in the arena now and need no GET
-                present = np.array([self._cache_get(int(i), arena[plan.offsets[j]:plan.offsets[j] + sizes[j]])
-                                    for j, i in enumerate(indices)], dtype=bool)
+                present = self.cache.fill(indices, arena, plan.offsets, sizes)
                 if present.any():
                     plan = self._plan(indices, present)
             offsets, spans = plan.offsets, plan.spans
@@ -297,21 +278,6 @@ class Loader:
         self._pipeline.submit(batch_no, idx.bucket, [idx.name(int(i)) for i in indices],
                               idx.generations[indices].tolist(), seeds, offsets.tolist(), sizes.tolist(),
                               self._memory is not None, arena, out, starts, spans)
-
-    def _cache_fetched(self, k: int, indices: np.ndarray, nbytes: list[int], failed: list) -> None:
-        """Queues the samples this batch fetched for the disk cache (not cache hits, not failed fetches)."""
-        from .errors import BadImageError
-
-        not_fetched = {i for i, e in failed if not isinstance(e, BadImageError)}  # a bad image was fetched fine
-        arena, offsets = self._slot_bytes[k]
-        for span in self._slot_plan[k].spans:
-            if span[3]:
-                continue
-            for j in span[4]:
-                key = self._cache_key(int(indices[j]))
-                if j not in not_fetched and key is not None:
-                    off = int(offsets[j])
-                    self._cache_writer.put(key, arena[off:off + nbytes[j]])
 
     def _drain(self) -> None:
         if self._pipeline is not None and self._pipeline.outstanding:
@@ -419,7 +385,7 @@ class Loader:
                 _, nbytes, failed, _decode_s = done.pop(b)
                 k, ind = in_slot.pop(b)
                 if self.cache is not None:
-                    self._cache_fetched(k, ind, nbytes, failed)
+                    self.cache.store(self._slot_plan[k], ind, self._slot_bytes[k][0], nbytes, failed)
                 if self.backend != "native":
                     failed = self._decode_in_python(k, ind, epoch, nbytes, failed)
                 labels = self.index.labels[ind].astype(np.int64)
@@ -439,8 +405,8 @@ class Loader:
                 yield images, labels_t
             finished = True
             self._epoch, self._position = epoch + 1, 0
-            if self._cache_writer is not None:  # the next epoch finds this one's samples in the cache
-                self._cache_writer.flush()
+            if self.cache is not None:  # the next epoch finds this one's samples in the cache
+                self.cache.flush()
         finally:
             if not finished:
                 self._drain()
@@ -457,8 +423,8 @@ class Loader:
         if self._fallback is not None:
             self._fallback.close()
             self._fallback = None
-        if self._cache_writer is not None:
-            self._cache_writer.close()
+        if self.cache is not None:
+            self.cache.close()
         self._ring = None
 
     def __enter__(self) -> Loader:
