@@ -157,6 +157,27 @@ def test_resume_without_a_checkpoint_starts_fresh(data_bucket, tmp_path, caplog)
     assert "no loadable checkpoint" in caplog.text
 
 
+def test_training_over_packed_shards_with_block_shuffle_and_a_disk_cache(data_bucket, tmp_path):
+    from hivedata.pack import pack
+    from hivedata.shard_index import ShardIndex
+
+    pack(f"gs://{data_bucket}/train", f"gs://{data_bucket}/packed", shard_size=256 * 1024, progress=False,
+         log=lambda s: None)
+    t = trainer(data_bucket, "shards", "--train_prefix", "packed/train.index.npz", "--shuffle", "block",
+                "--block_size", "8", "--cache_dir", str(tmp_path / "cache"), "--checkpoint_dir", str(tmp_path / "ck"))
+    try:
+        assert isinstance(t.train_loader.index, ShardIndex) and len(t.train_loader.index) == TRAIN_SAMPLES
+        assert t.train_loader.index.classes == t.val_loader.index.classes
+        train_until_next_global_epoch(t)
+        st = t.train_loader.stats()
+        assert st["skipped"] == 0 and st["gets"] * 3 <= st["samples"]  # a batch of 8 = one or two runs
+        assert st["cache"]["puts"] > 0
+        assert t.train_loader.state_dict()["order"].startswith("block:8:")
+        assert 0 <= t.validate()["val_top1"] <= 1
+    finally:
+        t.close()
+
+
 # -- a peer killed mid-run -----------------------------------------------------------------------------------
 def _rows(path: Path) -> list[dict]:
     if not path.exists():

@@ -36,6 +36,9 @@ def test_original_flags_keep_their_meaning():
     (["--client_mode", "--announce_gcs_path", "gs://b/x"], "not reachable"),
     (["--target_accuracy", "80"], "fraction"),
     (["--lr", "-1"], "--lr must be positive"),
+    (["--shuffle", "block", "--block_size", "0"], "--block_size must be positive"),
+    (["--cache_dir", "/tmp/c", "--cache_size", "lots"], "--cache_size"),
+    (["--shuffle", "blocks"], "invalid choice"),
 ])
 def test_bad_combinations_are_refused_before_anything_starts(argv, message, capsys):
     with pytest.raises(SystemExit) as ei:
