@@ -195,7 +195,9 @@ class Loader:
         """Per-stage figures: fetch (objects, bytes, retries, latency p50/p99), decode time, slot use, skips."""
         out: dict[str, Any] = dict(self._stats)
         if self._pipeline is not None:
-            out.update(self._pipeline.stats())
+            native = self._pipeline.stats()
+            native["batches_submitted"] = native.pop("batches")  # not the batches handed out (ours)
+            out.update(native)
         out["skipped_names"] = list(self._skipped_names)
         out["backend"] = self.backend
         out["slots"] = len(self._ring) if self._ring else self.prefetch + 2

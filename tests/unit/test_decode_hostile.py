@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from hivedata import _native, errors
+from tests.support.threads import run_threads
 
 OUT = 224 * 224 * 3
 
@@ -323,11 +324,7 @@ def test_many_threads_give_the_sequential_bytes():
         except BaseException as e:  # pragma: no cover - reported below
             failures.append(e)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, 8)
     assert not failures
     assert got == want
 

@@ -6,7 +6,6 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from hivedata.disk_cache import CacheKey, DiskCache, default_data_cache_dir, parse_cache_size
+from tests.support.threads import run_threads
 
 
 def entry_path(root: Path, key: CacheKey) -> Path:
@@ -247,11 +247,7 @@ def test_threads_share_one_cache(tmp_path):
                 if got is not None and got != payload(i):
                     bad.append(i)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(work, 4)
     s = cache.stats()
     assert not bad and s["corrupt"] == 0
     assert s["hits"] + s["misses"] == sum(gets) and s["hits"] > 0 and s["evictions"] > 0
