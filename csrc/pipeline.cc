@@ -110,29 +110,45 @@ struct Pipeline::State {
            st.kind == ErrorKind::kChecksum;
   }
 
+  // Starts spans [first, end) of b: a GET for each missing span, decode for the present (and empty) ones.
+  // Present spans finish before the GETs are submitted, so no dispatcher work on b runs alongside; b may
+  // be freed once the last of them finishes, so the requests are built first.
+  void Launch(Batch* b, size_t first) {
+    std::vector<FetchRequest> reqs;
+    std::vector<std::pair<size_t, size_t>> ready;  // (span, bytes)
+    for (size_t k = first; k < b->spans.size(); ++k) {
+      PipelineSpan& sp = b->spans[k];
+      if (sp.start >= 0 && sp.length == 0) sp.present = true;  // an empty member: nothing to GET
+      if (sp.present) {
+        ready.emplace_back(k, sp.length);
+      } else {
+        reqs.push_back(Request(b, k));
+      }
+    }
+    gets.fetch_add(reqs.size(), std::memory_order_relaxed);
+    present.fetch_add(ready.size(), std::memory_order_relaxed);
+    for (const auto& [k, nbytes] : ready) {
+      FetchResult r;
+      r.nbytes = nbytes;
+      FinishSpan(b, k, std::move(r));
+    }
+    if (!reqs.empty()) engine.Submit(std::move(reqs));
+  }
+
   // Only the dispatcher thread calls this once the batch's GETs are submitted, so growing b->spans is safe.
   void SplitSpan(Batch* b, const std::vector<size_t>& items) {
-    std::vector<FetchRequest> reqs;
-    std::vector<size_t> present;
+    const size_t first = b->spans.size();
     for (size_t i : items) {
       const PipelineItem& it = b->items[i];
       PipelineSpan one;
       one.start = it.range_start;
       one.length = it.size;
       one.offset = it.offset;
-      one.present = it.size == 0;
       one.items = {i};
       b->spans.push_back(std::move(one));
-      if (b->spans.back().present) {
-        present.push_back(b->spans.size() - 1);
-      } else {
-        reqs.push_back(Request(b, b->spans.size() - 1));
-      }
     }
     splits.fetch_add(1, std::memory_order_relaxed);
-    gets.fetch_add(reqs.size(), std::memory_order_relaxed);
-    if (!reqs.empty()) engine.Submit(std::move(reqs));  // before the present ones finish: they could end the batch
-    for (size_t k : present) FinishSpan(b, k, FetchResult{});
+    Launch(b, first);
   }
 
   // A span's GET ended: every item it holds fails with its status, or goes on to decode.
@@ -247,7 +263,7 @@ std::vector<PipelineSpan> SpanPerItem(const std::vector<PipelineItem>& items) {
     spans[i].start = it.range_start;
     spans[i].length = it.size;
     spans[i].offset = it.offset;
-    spans[i].present = it.in_memory || (it.range_start >= 0 && it.size == 0);  // an empty member: nothing to GET
+    spans[i].present = it.in_memory;
     spans[i].items = {i};
   }
   return spans;
@@ -298,9 +314,6 @@ void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<
   } else {
     CheckSpans(bucket, items, spans, arena_size);
   }
-  for (PipelineSpan& sp : spans) {
-    if (sp.start >= 0 && sp.length == 0) sp.present = true;  // empty members: nothing to GET (they fail to decode)
-  }
   if (s->opt.decode && out == nullptr && !items.empty()) throw std::invalid_argument("decode mode needs an output slot");
   s->EnsureStarted();
   auto* b = new Batch;
@@ -327,24 +340,7 @@ void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<
     }
     s->live.emplace(id, b);
   }
-  std::vector<FetchRequest> reqs;
-  std::vector<size_t> present;
-  for (size_t k = 0; k < b->spans.size(); ++k) {
-    const PipelineSpan& sp = b->spans[k];
-    if (sp.present) {
-      present.push_back(k);
-      continue;
-    }
-    reqs.push_back(State::Request(b, k));
-  }
-  s->gets.fetch_add(reqs.size());
-  s->present.fetch_add(present.size());
-  for (size_t k : present) {  // nothing to GET: the bytes are there (may finish the batch: b is not used after)
-    FetchResult r;
-    r.nbytes = b->spans[k].length;
-    s->FinishSpan(b, k, std::move(r));
-  }
-  if (!reqs.empty()) s->engine.Submit(std::move(reqs));
+  s->Launch(b, 0);
 }
 
 bool Pipeline::Poll(BatchResult* out, double timeout_s) {

@@ -274,8 +274,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def default_data_cache_dir() -> Path:
     """$HIVEDATA_CACHE/data, else ~/.cache/hivedata/data."""
-    root = os.environ.get("HIVEDATA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hivedata")
-    return Path(root) / "data"
+    from .index import cache_root
+
+    return cache_root() / "data"
 
 
 def parse_cache_size(text: str | int) -> int:

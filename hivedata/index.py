@@ -258,10 +258,14 @@ def _load_labels(labels: str | dict[str, str], client: GcsJsonClient) -> dict[st
     return parse_labels(Path(labels).read_text())
 
 
+def cache_root() -> Path:
+    """$HIVEDATA_CACHE, else ~/.cache/hivedata: where every local cache of hivedata lives."""
+    return Path(os.environ.get("HIVEDATA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hivedata"))
+
+
 def default_cache_dir() -> Path:
     """$HIVEDATA_CACHE/index, else ~/.cache/hivedata/index."""
-    root = os.environ.get("HIVEDATA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hivedata")
-    return Path(root) / "index"
+    return cache_root() / "index"
 
 
 def cache_path(url: str, *, endpoint: str | None = None, classes: Sequence[str] | None = None,
