@@ -1,5 +1,5 @@
 # Shortcuts for the scripts in scripts/ (the README's commands work without make).
-.PHONY: setup demo test lint asan bench clean
+.PHONY: setup demo test lint asan clang bench clean
 
 setup:
 	bash scripts/bootstrap.sh
@@ -16,6 +16,10 @@ lint:
 # Native tests under AddressSanitizer + UndefinedBehaviorSanitizer, in a separate build tree.
 asan:
 	bash scripts/asan.sh
+
+# The extension built with clang (warnings are errors) into build/clang, then native tests against it.
+clang:
+	bash scripts/build_clang.sh
 
 bench:
 	python3 benchmarks/fetch_bench.py --json results/fetch_bench.json

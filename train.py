@@ -7,7 +7,7 @@
 
 import sys
 
-from hivedata.train_cli import main
+from hivedata.train.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,9 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hivedata.emulator import Emulator  # noqa: E402
-from hivedata.fetch import Fetcher  # noqa: E402
-from hivedata.index import build_index  # noqa: E402
+from hivedata.gcs.fetch import Fetcher  # noqa: E402
+from hivedata.sources.prefix import build_index  # noqa: E402
+from hivedata.tools.emulator import Emulator  # noqa: E402
 
 
 def generate(em: Emulator, bucket: str, n: int, seed: int) -> None:

@@ -17,9 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hivedata.gcs_json import ObjectMeta  # noqa: E402
-from hivedata.index import Index  # noqa: E402
-from hivedata.synthetic import wnids  # noqa: E402
+from hivedata.gcs.json_client import ObjectMeta  # noqa: E402
+from hivedata.sources.prefix import Index  # noqa: E402
+from hivedata.tools.synthetic import wnids  # noqa: E402
 
 
 def make_index(n: int, classes: int = 1000) -> Index:

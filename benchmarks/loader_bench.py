@@ -46,9 +46,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hivedata import Loader  # noqa: E402
-from hivedata.emulator import Emulator  # noqa: E402
-from hivedata.index import Index, load_index  # noqa: E402
-from hivedata.synthetic import SyntheticSpec, upload_dataset  # noqa: E402
+from hivedata.sources.prefix import Index, load_index  # noqa: E402
+from hivedata.tools.emulator import Emulator  # noqa: E402
+from hivedata.tools.synthetic import SyntheticSpec, upload_dataset  # noqa: E402
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     sources = args.sources.split(",")
     shards = args.shards
     if shards is None and em is not None and any(x.startswith("shards") for x in sources):
-        from hivedata.pack import pack, parse_size
+        from hivedata.common import parse_size
+        from hivedata.tools.pack import pack
 
         print("packing it into tar shards ...", flush=True)
         pack(f"gs://{bucket}/{prefix}", f"gs://{bucket}/packed", shard_size=parse_size(args.shard_size),

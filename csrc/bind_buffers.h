@@ -2,9 +2,11 @@
 #pragma once
 
 #include <pybind11/pybind11.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <unordered_map>
 
 namespace hivedata {
 
@@ -34,6 +36,23 @@ class Lent {
  private:
   Py_buffer view_{};
   bool held_ = false;
+};
+
+// Buffers lent per operation (a fetch tag, a batch id). A forked child inherits the map but not the
+// operations, so the first use in a child forgets what the parent had lent.
+template <typename V>
+class LentMap : public std::unordered_map<uint64_t, V> {
+ public:
+  void ForgetIfForked() {
+    const pid_t pid = getpid();
+    if (pid != pid_) {
+      this->clear();
+      pid_ = pid;
+    }
+  }
+
+ private:
+  pid_t pid_ = getpid();
 };
 
 }  // namespace hivedata

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "augment.h"
+#include "bind_augment.h"
 #include "bind_errors.h"
 #include "jpeg_decoder.h"
 #include "sample_rng.h"
@@ -56,23 +57,6 @@ bool IsUint8Format(const char* fmt) {
   return fmt[0] == 'B' && fmt[1] == '\0';
 }
 
-AugmentParams MakeParams(bool train, int out_h, int out_w, std::pair<double, double> scale,
-                         std::pair<double, double> ratio, double flip_p, double eval_crop_ratio, int64_t max_pixels) {
-  AugmentParams p;
-  p.train = train;
-  p.out_h = out_h;
-  p.out_w = out_w;
-  p.scale_min = scale.first;
-  p.scale_max = scale.second;
-  p.ratio_min = ratio.first;
-  p.ratio_max = ratio.second;
-  p.flip_p = flip_p;
-  p.eval_crop_ratio = eval_crop_ratio;
-  p.max_pixels = max_pixels;
-  if (const char* bad = CheckAugmentParams(p)) throw py::value_error(bad);
-  return p;
-}
-
 [[noreturn]] void Raise(FetchStatus status, const std::string& name) {
   if (!name.empty()) status.message = name + ": " + status.message;
   ThrowStatus(status, "", name);
@@ -82,7 +66,7 @@ py::tuple ChooseCropPy(int width, int height, const py::int_& sample_seed, bool 
                        std::pair<double, double> scale, std::pair<double, double> ratio, double flip_p,
                        double eval_crop_ratio) {
   if (width <= 0 || height <= 0) throw py::value_error("width and height must be positive");
-  const AugmentParams p = MakeParams(train, out_h, out_w, scale, ratio, flip_p, eval_crop_ratio, 1);
+  const AugmentParams p = MakeAugmentParams(train, out_h, out_w, scale, ratio, flip_p, eval_crop_ratio, 1);
   const CropBox b = ChooseCrop(width, height, p, ToU64(sample_seed));
   return py::make_tuple(b.x, b.y, b.w, b.h, b.flip);
 }
@@ -103,7 +87,7 @@ py::tuple JpegHeaderPy(const py::object& data, const std::string& name) {
 py::dict DecodeImagePy(const py::object& data, const py::object& out, const py::int_& sample_seed, bool train,
                        int out_h, int out_w, std::pair<double, double> scale, std::pair<double, double> ratio,
                        double flip_p, double eval_crop_ratio, int64_t max_pixels, const std::string& name) {
-  const AugmentParams p = MakeParams(train, out_h, out_w, scale, ratio, flip_p, eval_crop_ratio, max_pixels);
+  const AugmentParams p = MakeAugmentParams(train, out_h, out_w, scale, ratio, flip_p, eval_crop_ratio, max_pixels);
   const uint64_t seed = ToU64(sample_seed);
   HeldBuffer src(data, false, "data");
   HeldBuffer dst(out, true, "out");

@@ -37,7 +37,7 @@ struct PyResult {
 
 class PyFetchEngine {
  public:
-  explicit PyFetchEngine(EngineOptions opt) : engine_(std::make_unique<FetchEngine>(std::move(opt))), pid_(getpid()) {}
+  explicit PyFetchEngine(EngineOptions opt) : engine_(std::make_unique<FetchEngine>(std::move(opt))) {}
 
   ~PyFetchEngine() { Close(); }
 
@@ -151,17 +151,12 @@ class PyFetchEngine {
  private:
   FetchEngine* Engine() {
     if (!engine_) throw std::runtime_error("the fetch engine is closed");
-    pid_t pid = getpid();
-    if (pid != pid_) {  // forked child: the parent's requests do not exist here
-      lent_.clear();
-      pid_ = pid;
-    }
+    lent_.ForgetIfForked();
     return engine_.get();
   }
 
   std::unique_ptr<FetchEngine> engine_;
-  std::unordered_map<uint64_t, Lent> lent_;
-  pid_t pid_;
+  LentMap<Lent> lent_;
 };
 
 }  // namespace

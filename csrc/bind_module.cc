@@ -8,12 +8,14 @@ void BindFetch(pybind11::module_& m);
 void BindPipeline(pybind11::module_& m);
 void BindNormalize(pybind11::module_& m);
 void BindDecode(pybind11::module_& m);
+void BindAugment(pybind11::module_& m);
 }
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "hivedata native core: GCS fetch engine, JPEG decode + augment, batch pipeline";
   hivedata::BindErrors(m);
   hivedata::BindFetch(m);
+  hivedata::BindAugment(m);  // before the Pipeline, whose defaults are AugmentParams
   hivedata::BindPipeline(m);
   hivedata::BindNormalize(m);
   hivedata::BindDecode(m);

@@ -1,5 +1,5 @@
-// Python binding of the batch pipeline: submit a batch (objects + caller-owned arena and output slot),
-// poll finished batches with the GIL released and Ctrl-C honoured.
+// Python binding of the batch pipeline: submit a batch (a ReadPlan, per-sample seeds, a caller-owned arena and
+// output slot), poll finished batches (PipelineResult) with the GIL released and Ctrl-C honoured.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <unistd.h>
@@ -8,9 +8,9 @@
 #include <chrono>
 #include <memory>
 #include <optional>
-#include <tuple>
 #include <unordered_map>
 
+#include "bind_augment.h"
 #include "bind_buffers.h"
 #include "bind_errors.h"
 #include "pipeline.h"
@@ -21,77 +21,88 @@ namespace hivedata {
 namespace {
 
 constexpr double kWaitSlice = 0.05;
-using SpanTuple = std::tuple<int64_t, uint64_t, uint64_t, bool, std::vector<size_t>>;
 
 struct LentBatch {
   Lent arena;
   Lent out;
 };
 
+// A finished batch as Python sees it (hivedata._native.PipelineResult).
+struct PyBatchResult {
+  uint64_t batch_id = 0;
+  std::vector<size_t> nbytes;  // encoded bytes per sample
+  py::list failed;             // [(sample index, exception)] of the samples that failed
+  double decode_s = 0.0;       // decode thread time summed over the batch
+};
+
+// A Python ReadPlan (hivedata.sources.read_plan) read into the native items and spans: its `offsets` and
+// `sizes` per sample, its `spans` (object, generation, start, length, offset, present, members).
+void ReadPlan(const py::handle& plan, const std::vector<uint64_t>& seeds, std::vector<PipelineItem>* items,
+              std::vector<PipelineSpan>* spans) {
+  const auto offsets = plan.attr("offsets").attr("tolist")().cast<std::vector<uint64_t>>();
+  const auto sizes = plan.attr("sizes").attr("tolist")().cast<std::vector<uint64_t>>();
+  if (offsets.size() != seeds.size() || sizes.size() != seeds.size()) {
+    throw py::value_error("the plan has " + std::to_string(offsets.size()) + " offsets and " +
+                          std::to_string(sizes.size()) + " sizes for " + std::to_string(seeds.size()) + " seeds");
+  }
+  items->resize(seeds.size());
+  for (size_t i = 0; i < seeds.size(); ++i) (*items)[i] = PipelineItem{seeds[i], offsets[i], sizes[i]};
+  const py::sequence in = plan.attr("spans");
+  spans->resize(in.size());
+  for (size_t k = 0; k < in.size(); ++k) {
+    const py::handle s = in[k];
+    PipelineSpan& sp = (*spans)[k];
+    sp.object = s.attr("object").cast<std::string>();
+    sp.generation = s.attr("generation").cast<int64_t>();
+    sp.start = s.attr("start").cast<int64_t>();
+    sp.length = s.attr("length").cast<uint64_t>();
+    sp.offset = s.attr("offset").cast<uint64_t>();
+    sp.present = s.attr("present").cast<bool>();
+    sp.items = s.attr("members").cast<std::vector<size_t>>();
+  }
+}
+
 class PyPipeline {
  public:
-  explicit PyPipeline(PipelineOptions opt) : p_(std::make_unique<Pipeline>(std::move(opt))), pid_(getpid()) {}
+  explicit PyPipeline(PipelineOptions opt) : p_(std::make_unique<Pipeline>(std::move(opt))) {}
   ~PyPipeline() { Close(); }
 
   void SetToken(std::string token) { Get()->SetToken(std::move(token)); }
 
-  // objects[i] is fetched into arena[offsets[i]:offsets[i]+sizes[i]] (or already there when in_memory),
-  // then decoded into out[i] (decode mode). With starts, item i is the byte range
-  // [starts[i], starts[i] + sizes[i]) of objects[i] (a sample inside a shard) instead of the whole object.
-  // With spans, each (start, length, arena offset, present, [item indices]) is one GET filling several
-  // items (coalesced adjacent members of a shard); present: already in the arena (a cache hit).
-  void Submit(uint64_t batch_id, const std::string& bucket, const std::vector<std::string>& objects,
-              const std::vector<int64_t>& generations, const std::vector<uint64_t>& seeds,
-              const std::vector<uint64_t>& offsets, const std::vector<uint64_t>& sizes, bool in_memory,
-              const py::object& arena, const py::object& out, const std::vector<int64_t>& starts,
-              const std::vector<SpanTuple>& spans) {
+  // The samples of `plan` are read into `arena` as its spans say (present spans are there already), then
+  // decoded into out[i] (decode mode) with the crop of seeds[i].
+  void Submit(uint64_t batch_id, const py::object& plan, const std::vector<uint64_t>& seeds, const py::object& arena,
+              const py::object& out) {
     Pipeline* p = Get();
-    size_t n = objects.size();
-    if (!starts.empty() && starts.size() != n) throw py::value_error("starts must be empty or one per object");
-    if (generations.size() != n || seeds.size() != n || offsets.size() != n || sizes.size() != n) {
-      throw py::value_error("objects, generations, seeds, offsets and sizes must have the same length");
-    }
     if (lent_.count(batch_id)) throw py::value_error("batch " + std::to_string(batch_id) + " is already in flight");
-    LentBatch lb{Lent(arena, !in_memory), out.is_none() ? Lent() : Lent(out, true)};
+    std::vector<PipelineItem> items;
+    std::vector<PipelineSpan> spans;
+    ReadPlan(plan, seeds, &items, &spans);
+    const bool writes = std::any_of(spans.begin(), spans.end(), [](const PipelineSpan& s) { return !s.present; });
+    LentBatch lb{Lent(arena, writes), out.is_none() ? Lent() : Lent(out, true)};
     const auto& a = p->options().augment;
     if (p->options().decode) {
-      size_t need = n * static_cast<size_t>(a.out_h) * a.out_w * 3;
+      size_t need = items.size() * static_cast<size_t>(a.out_h) * a.out_w * 3;
       if (!lb.out.held() || lb.out.size() < need) {
         throw py::value_error("output slot holds " + std::to_string(lb.out.held() ? lb.out.size() : 0) +
                               " bytes; the batch needs " + std::to_string(need));
       }
     }
-    std::vector<PipelineItem> items(n);
-    for (size_t i = 0; i < n; ++i) {
-      items[i].object = objects[i];
-      items[i].generation = generations[i];
-      items[i].sample_seed = seeds[i];
-      items[i].offset = offsets[i];
-      items[i].size = sizes[i];
-      items[i].in_memory = in_memory;
-      if (!starts.empty()) {
-        if (starts[i] < 0) throw py::value_error("starts[" + std::to_string(i) + "] is negative");
-        items[i].range_start = starts[i];
-      }
-    }
-    std::vector<PipelineSpan> cspans(spans.size());
-    for (size_t k = 0; k < spans.size(); ++k) {
-      std::tie(cspans[k].start, cspans[k].length, cspans[k].offset, cspans[k].present, cspans[k].items) = spans[k];
-    }
+    const std::string bucket = plan.attr("bucket").cast<std::string>();
     uint8_t* arena_ptr = lb.arena.data();
     size_t arena_size = lb.arena.size();
     uint8_t* out_ptr = lb.out.held() ? lb.out.data() : nullptr;
     lent_.emplace(batch_id, std::move(lb));  // before C++ may touch them
     try {
       py::gil_scoped_release release;
-      p->Submit(batch_id, bucket, std::move(items), arena_ptr, arena_size, out_ptr, std::move(cspans));
+      p->Submit(batch_id, bucket, std::move(items), std::move(spans), arena_ptr, arena_size, out_ptr);
     } catch (...) {
       lent_.erase(batch_id);
       throw;
     }
   }
 
-  // (batch_id, nbytes per sample, [(index, exception)] for failed samples, decode seconds), or None on timeout.
+  // The next finished batch, or None when none finished within `timeout` (None: wait while any is outstanding).
   py::object Poll(std::optional<double> timeout) {
     Pipeline* p = Get();
     BatchResult r;
@@ -113,15 +124,17 @@ class PyPipeline {
       if (timeout && slice <= 0) return py::none();
     }
     lent_.erase(r.batch_id);
-    py::list nbytes;
-    py::list failed;
+    PyBatchResult out;
+    out.batch_id = r.batch_id;
+    out.decode_s = r.decode_s;
+    out.nbytes.reserve(r.samples.size());
     for (size_t i = 0; i < r.samples.size(); ++i) {
-      nbytes.append(r.samples[i].nbytes);
+      out.nbytes.push_back(r.samples[i].nbytes);
       if (!r.samples[i].status.ok()) {
-        failed.append(py::make_tuple(i, MakeError(r.samples[i].status, r.bucket, r.objects[i])));
+        out.failed.append(py::make_tuple(i, MakeError(r.samples[i].status, r.bucket, r.objects[i])));
       }
     }
-    return py::make_tuple(r.batch_id, nbytes, failed, r.decode_s);
+    return py::cast(std::move(out));
   }
 
   void CancelAll() { Get()->CancelAll(); }
@@ -160,27 +173,26 @@ class PyPipeline {
  private:
   Pipeline* Get() {
     if (!p_) throw std::runtime_error("the pipeline is closed");
-    pid_t pid = getpid();
-    if (pid != pid_) {  // forked child: the parent's batches do not exist here
-      lent_.clear();
-      pid_ = pid;
-    }
+    lent_.ForgetIfForked();
     return p_.get();
   }
 
   std::unique_ptr<Pipeline> p_;
-  std::unordered_map<uint64_t, LentBatch> lent_;
-  pid_t pid_;
+  LentMap<LentBatch> lent_;
 };
 
 }  // namespace
 
 void BindPipeline(py::module_& m) {
+  py::class_<PyBatchResult>(m, "PipelineResult", "A finished batch of hivedata._native.Pipeline.")
+      .def_readonly("batch_id", &PyBatchResult::batch_id)
+      .def_readonly("nbytes", &PyBatchResult::nbytes, "encoded bytes per sample")
+      .def_readonly("failed", &PyBatchResult::failed, "[(sample index, exception)] of the failed samples")
+      .def_readonly("decode_s", &PyBatchResult::decode_s, "decode thread time summed over the batch");
   py::class_<PyPipeline>(m, "Pipeline")
-      .def(py::init([](const std::string& endpoint, int max_in_flight, int max_connections, int max_attempts,
-                       double retry_budget_s, double backoff_base_s, double backoff_max_s, double request_timeout_s,
-                       int threads, bool decode, int out_h, int out_w, bool train, std::pair<double, double> scale,
-                       std::pair<double, double> ratio, double flip_p, double eval_crop_ratio, int64_t max_pixels) {
+      .def(py::init([](const std::string& endpoint, const AugmentParams& augment, int max_in_flight,
+                       int max_connections, int max_attempts, double retry_budget_s, double backoff_base_s,
+                       double backoff_max_s, double request_timeout_s, int threads, bool decode) {
              PipelineOptions o;
              o.fetch.endpoint = endpoint;
              o.fetch.max_in_flight = max_in_flight;
@@ -192,29 +204,16 @@ void BindPipeline(py::module_& m) {
              o.fetch.request_timeout_s = request_timeout_s;
              o.threads = threads;
              o.decode = decode;
-             o.augment.out_h = out_h;
-             o.augment.out_w = out_w;
-             o.augment.train = train;
-             o.augment.scale_min = scale.first;
-             o.augment.scale_max = scale.second;
-             o.augment.ratio_min = ratio.first;
-             o.augment.ratio_max = ratio.second;
-             o.augment.flip_p = flip_p;
-             o.augment.eval_crop_ratio = eval_crop_ratio;
-             o.augment.max_pixels = max_pixels;
+             o.augment = augment;
              return std::make_unique<PyPipeline>(std::move(o));
            }),
-           py::kw_only(), py::arg("endpoint"), py::arg("max_in_flight") = 64, py::arg("max_connections") = 64,
-           py::arg("max_attempts") = 8, py::arg("retry_budget_s") = 60.0, py::arg("backoff_base_s") = 0.05,
-           py::arg("backoff_max_s") = 5.0, py::arg("request_timeout_s") = 120.0, py::arg("threads") = 0,
-           py::arg("decode") = true, py::arg("out_h") = 224, py::arg("out_w") = 224, py::arg("train") = true,
-           py::arg("scale") = std::make_pair(0.08, 1.0), py::arg("ratio") = std::make_pair(3.0 / 4.0, 4.0 / 3.0),
-           py::arg("flip_p") = 0.5, py::arg("eval_crop_ratio") = 0.875, py::arg("max_pixels") = 178956970)
+           py::kw_only(), py::arg("endpoint"), py::arg("augment") = AugmentParams(), py::arg("max_in_flight") = 64,
+           py::arg("max_connections") = 64, py::arg("max_attempts") = 8, py::arg("retry_budget_s") = 60.0,
+           py::arg("backoff_base_s") = 0.05, py::arg("backoff_max_s") = 5.0, py::arg("request_timeout_s") = 120.0,
+           py::arg("threads") = 0, py::arg("decode") = true)
       .def("set_token", &PyPipeline::SetToken, py::arg("token"))
-      .def("submit", &PyPipeline::Submit, py::arg("batch_id"), py::arg("bucket"), py::arg("objects"),
-           py::arg("generations"), py::arg("seeds"), py::arg("offsets"), py::arg("sizes"), py::arg("in_memory"),
-           py::arg("arena"), py::arg("out"), py::arg("starts") = std::vector<int64_t>{},
-           py::arg("spans") = std::vector<SpanTuple>{})
+      .def("submit", &PyPipeline::Submit, py::arg("batch_id"), py::arg("plan"), py::arg("seeds"), py::arg("arena"),
+           py::arg("out"))
       .def("poll", &PyPipeline::Poll, py::arg("timeout") = py::none())
       .def("cancel_all", &PyPipeline::CancelAll)
       .def("stats", &PyPipeline::Stats)

@@ -29,6 +29,7 @@ struct Batch {
   std::string bucket;
   std::vector<PipelineItem> items;
   std::vector<PipelineSpan> spans;
+  std::vector<size_t> span_of;  // per item: the span that holds it (the last one, after a split)
   std::vector<SampleResult> results;
   uint8_t* arena = nullptr;
   size_t arena_size = 0;
@@ -88,12 +89,11 @@ struct Pipeline::State {
   // The GET that fills span k of batch b.
   static FetchRequest Request(const Batch* b, size_t k) {
     const PipelineSpan& sp = b->spans[k];
-    const PipelineItem& first = b->items[sp.items[0]];
     FetchRequest r;
     r.tag = (b->id << kIndexBits) | k;
     r.bucket = b->bucket;
-    r.object = first.object;
-    r.generation = first.generation;
+    r.object = sp.object;
+    r.generation = sp.generation;
     r.dst = b->arena + sp.offset;
     r.capacity = sp.length;
     if (sp.start >= 0) {
@@ -136,15 +136,19 @@ struct Pipeline::State {
   }
 
   // Only the dispatcher thread calls this once the batch's GETs are submitted, so growing b->spans is safe.
-  void SplitSpan(Batch* b, const std::vector<size_t>& items) {
+  void SplitSpan(Batch* b, size_t span_no) {
     const size_t first = b->spans.size();
-    for (size_t i : items) {
+    const PipelineSpan whole = b->spans[span_no];  // copied: push_back below may move it
+    for (size_t i : whole.items) {
       const PipelineItem& it = b->items[i];
       PipelineSpan one;
-      one.start = it.range_start;
+      one.object = whole.object;
+      one.generation = whole.generation;
+      one.start = whole.start + static_cast<int64_t>(it.offset - whole.offset);
       one.length = it.size;
       one.offset = it.offset;
       one.items = {i};
+      b->span_of[i] = b->spans.size();
       b->spans.push_back(std::move(one));
     }
     splits.fetch_add(1, std::memory_order_relaxed);
@@ -159,7 +163,7 @@ struct Pipeline::State {
     const bool whole = b->spans[span_no].start < 0;
     if (!r.status.ok() && items.size() > 1 && !whole && WorthSplitting(r.status) &&
         !b->cancelled.load(std::memory_order_relaxed)) {
-      SplitSpan(b, items);
+      SplitSpan(b, span_no);
       return;
     }
     for (size_t i : items) {
@@ -180,7 +184,7 @@ struct Pipeline::State {
   void DecodeOne(Batch* b, size_t i) {
     SampleResult& res = b->results[i];
     if (b->cancelled.load(std::memory_order_relaxed)) {
-      res.status = FetchStatus{ErrorKind::kCancelled, 0, 0, "cancelled: gs://" + b->bucket + "/" + b->items[i].object};
+      res.status = FetchStatus{ErrorKind::kCancelled, 0, 0, "cancelled: " + Describe(b, i)};
       FinishSample(b);
       return;
     }
@@ -198,10 +202,16 @@ struct Pipeline::State {
       decoded.fetch_add(1, std::memory_order_relaxed);
     } else {
       decode_errors.fetch_add(1, std::memory_order_relaxed);
-      st.message = "gs://" + b->bucket + "/" + it.object + ": " + st.message;
+      st.message = Describe(b, i) + ": " + st.message;
       res.status = std::move(st);
     }
     FinishSample(b);
+  }
+
+  static const std::string& ObjectOf(const Batch* b, size_t i) { return b->spans[b->span_of[i]].object; }
+  // gs://bucket/object, or the object's name alone when the batch has no bucket (bytes from memory)
+  static std::string Describe(const Batch* b, size_t i) {
+    return b->bucket.empty() ? ObjectOf(b, i) : "gs://" + b->bucket + "/" + ObjectOf(b, i);
   }
 
   void FinishSample(Batch* b) {
@@ -255,65 +265,43 @@ void Pipeline::SetToken(std::string token) { state()->engine.SetToken(std::move(
 
 namespace {
 
-// One span per item: a GET of the whole object or of the member's range; in_memory items are present.
-std::vector<PipelineSpan> SpanPerItem(const std::vector<PipelineItem>& items) {
-  std::vector<PipelineSpan> spans(items.size());
-  for (size_t i = 0; i < items.size(); ++i) {
-    const PipelineItem& it = items[i];
-    spans[i].start = it.range_start;
-    spans[i].length = it.size;
-    spans[i].offset = it.offset;
-    spans[i].present = it.in_memory;
-    spans[i].items = {i};
-  }
-  return spans;
-}
-
-// Every item in exactly one span, every span inside the arena, every item where its span puts it.
-void CheckSpans(const std::string& bucket, const std::vector<PipelineItem>& items,
-                const std::vector<PipelineSpan>& spans, size_t arena_size) {
-  std::vector<char> seen(items.size(), 0);
-  for (const PipelineSpan& sp : spans) {
-    if (sp.items.empty()) throw std::invalid_argument("a span holds no item");
-    const std::string what = "gs://" + bucket + "/" + items[sp.items[0] < items.size() ? sp.items[0] : 0].object;
+// Every span inside the arena and non-empty, every item in exactly one span and inside it (a whole-object
+// span holds one item, exactly); returns the span of each item.
+std::vector<size_t> CheckSpans(const std::string& bucket, const std::vector<PipelineItem>& items,
+                               const std::vector<PipelineSpan>& spans, size_t arena_size) {
+  constexpr size_t kNone = static_cast<size_t>(-1);
+  std::vector<size_t> span_of(items.size(), kNone);
+  for (size_t k = 0; k < spans.size(); ++k) {
+    const PipelineSpan& sp = spans[k];
+    const std::string what = "gs://" + bucket + "/" + sp.object;
+    if (sp.items.empty()) throw std::invalid_argument("a span of " + what + " holds no item");
     if (sp.offset + sp.length > arena_size || sp.offset + sp.length < sp.offset) {
       throw std::invalid_argument("arena too small for a span of " + what);
     }
     if (sp.start < 0 && sp.items.size() != 1) throw std::invalid_argument("a whole-object span holds one item");
     for (size_t i : sp.items) {
-      if (i >= items.size() || seen[i]++) throw std::invalid_argument("span items must name each item once");
+      if (i >= items.size() || span_of[i] != kNone) throw std::invalid_argument("span items must name each item once");
+      span_of[i] = k;
       const PipelineItem& it = items[i];
-      if (it.object != items[sp.items[0]].object || it.generation != items[sp.items[0]].generation) {
-        throw std::invalid_argument("a span mixes objects: " + what + " and " + it.object);
-      }
-      bool fits = sp.start < 0 ? (it.range_start < 0 && it.offset == sp.offset && it.size == sp.length)
-                               : (it.range_start >= sp.start &&
-                                  static_cast<uint64_t>(it.range_start - sp.start) + it.size <= sp.length &&
-                                  it.offset == sp.offset + static_cast<size_t>(it.range_start - sp.start));
+      bool fits = sp.start < 0 ? (it.offset == sp.offset && it.size == sp.length)
+                               : (it.offset >= sp.offset && it.offset - sp.offset <= sp.length &&
+                                  it.size <= sp.length - (it.offset - sp.offset));
       if (!fits) throw std::invalid_argument("item " + std::to_string(i) + " of " + what + " lies outside its span");
     }
   }
   for (size_t i = 0; i < items.size(); ++i) {
-    if (!seen[i]) throw std::invalid_argument("item " + std::to_string(i) + " is in no span");
+    if (span_of[i] == kNone) throw std::invalid_argument("item " + std::to_string(i) + " is in no span");
   }
+  return span_of;
 }
 
 }  // namespace
 
-void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<PipelineItem> items, uint8_t* arena,
-                      size_t arena_size, uint8_t* out, std::vector<PipelineSpan> spans) {
+void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<PipelineItem> items,
+                      std::vector<PipelineSpan> spans, uint8_t* arena, size_t arena_size, uint8_t* out) {
   State* s = state();
   if (items.size() > kIndexMask / 2) throw std::invalid_argument("batch too large");  // split spans need tags too
-  for (const PipelineItem& it : items) {
-    if (it.offset + it.size > arena_size || it.offset + it.size < it.offset) {
-      throw std::invalid_argument("arena too small for gs://" + bucket + "/" + it.object);
-    }
-  }
-  if (spans.empty()) {
-    spans = SpanPerItem(items);
-  } else {
-    CheckSpans(bucket, items, spans, arena_size);
-  }
+  std::vector<size_t> span_of = CheckSpans(bucket, items, spans, arena_size);
   if (s->opt.decode && out == nullptr && !items.empty()) throw std::invalid_argument("decode mode needs an output slot");
   s->EnsureStarted();
   auto* b = new Batch;
@@ -321,6 +309,10 @@ void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<
   b->bucket = bucket;
   b->items = std::move(items);
   b->spans = std::move(spans);
+  // a split adds one span per item of the failed span, at most once per item: reserving that much keeps
+  // b->spans from moving while decode threads read it (ObjectOf)
+  b->spans.reserve(b->spans.size() + b->items.size());
+  b->span_of = std::move(span_of);
   b->results.resize(b->items.size());
   b->arena = arena;
   b->arena_size = arena_size;
@@ -359,7 +351,7 @@ bool Pipeline::Poll(BatchResult* out, double timeout_s) {
   out->batch_id = b->batch_id;
   out->bucket = b->bucket;
   out->objects.clear();
-  for (auto& it : b->items) out->objects.push_back(std::move(it.object));
+  for (size_t i = 0; i < b->items.size(); ++i) out->objects.push_back(State::ObjectOf(b, i));
   out->samples = std::move(b->results);
   out->decode_s = static_cast<double>(b->decode_ns.load()) * 1e-9;
   delete b;

@@ -22,24 +22,24 @@ struct PipelineOptions {
   AugmentParams augment;
 };
 
+// One sample of a batch: where its bytes are in the arena and the seed its crop is drawn from.
 struct PipelineItem {
-  std::string object;
-  int64_t generation = 0;
   uint64_t sample_seed = 0;
-  size_t offset = 0;        // where this sample's bytes start in the arena
-  size_t size = 0;          // bytes reserved for it (the object's size)
-  bool in_memory = false;   // the bytes are already in the arena: decode only
-  int64_t range_start = -1;  // >= 0: read bytes [range_start, range_start + size) of the object (a shard member)
+  size_t offset = 0;  // where this sample's bytes start in the arena
+  size_t size = 0;    // bytes reserved for it (the object's size, or the member's)
 };
 
-// One GET that fills the bytes of one or more items: a whole object (one item), or a byte range of a
-// shard holding several adjacent members (the gaps between them are read and ignored).
+// One GET that fills the bytes of one or more items: a whole object (one item), or a byte range of an
+// object (a shard) holding several adjacent members (the gaps between them are read and ignored); or
+// bytes already in the arena (present: a cache hit, an in-memory dataset), which are only decoded.
 struct PipelineSpan {
+  std::string object;
+  int64_t generation = 0;  // 0: any
   int64_t start = -1;      // first byte in the object; -1: the whole object (exactly one item)
   size_t length = 0;       // bytes to read (for a whole object: the bytes reserved for it)
   size_t offset = 0;       // where they land in the arena
-  bool present = false;    // the bytes are already in the arena (a cache hit): decode only
-  std::vector<size_t> items;  // indices into the batch's items
+  bool present = false;
+  std::vector<size_t> items;  // indices into the batch's items; item i lies at offset + (its range - start)
 };
 
 struct SampleResult {
@@ -50,7 +50,7 @@ struct SampleResult {
 struct BatchResult {
   uint64_t batch_id = 0;
   std::string bucket;
-  std::vector<std::string> objects;
+  std::vector<std::string> objects;  // per sample: the object its bytes came from
   std::vector<SampleResult> samples;
   double decode_s = 0.0;  // summed over samples (thread time)
 };
@@ -74,9 +74,9 @@ class Pipeline {
   void SetToken(std::string token);
   // `arena` holds the encoded bytes; `out` (decode mode) receives items.size() images of
   // out_h*out_w*3 bytes each. Both must stay valid until the batch is polled. `spans` say which GET
-  // fills which items (coalesced reads); empty: one GET per item (none for in_memory items).
-  void Submit(uint64_t batch_id, const std::string& bucket, std::vector<PipelineItem> items, uint8_t* arena,
-              size_t arena_size, uint8_t* out, std::vector<PipelineSpan> spans = {});
+  // fills which items; every item lies in exactly one span (std::invalid_argument otherwise).
+  void Submit(uint64_t batch_id, const std::string& bucket, std::vector<PipelineItem> items,
+              std::vector<PipelineSpan> spans, uint8_t* arena, size_t arena_size, uint8_t* out);
   // Takes one finished batch, waiting up to timeout_s; false when none finished in time.
   bool Poll(BatchResult* out, double timeout_s);
   // Cancels every unfinished fetch and decode; the batches still complete (with kCancelled samples).

@@ -14,19 +14,19 @@ __all__ = ["Fetcher", "Index", "Loader", "LoaderDataset", "load_index"]
 
 def __getattr__(name: str) -> Any:
     if name == "Loader":
-        from .loader import Loader
+        from hivedata.loader.loader import Loader
 
         return Loader
     if name == "LoaderDataset":
-        from .torch_dataset import LoaderDataset
+        from hivedata.loader.torch_dataset import LoaderDataset
 
         return LoaderDataset
     if name == "Fetcher":
-        from .fetch import Fetcher
+        from hivedata.gcs.fetch import Fetcher
 
         return Fetcher
     if name in ("Index", "load_index"):
-        from . import index
+        from hivedata.sources import prefix as index
 
         return getattr(index, name)
     raise AttributeError(f"module 'hivedata' has no attribute {name!r}")

@@ -6,7 +6,7 @@ import argparse
 import signal
 import sys
 
-from .synthetic import SyntheticSpec
+from hivedata.tools.synthetic import SyntheticSpec
 
 
 def _spec(args: argparse.Namespace) -> SyntheticSpec:
@@ -23,25 +23,25 @@ def _add_data_args(p: argparse.ArgumentParser, train: int) -> None:
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Keeps an emulator running (optionally with demo data) until Ctrl-C."""
-    from .demo import DEMO_BUCKET, upload_demo_data
-    from .emulator import Emulator
+    from hivedata.tools.demo import DEMO_BUCKET, upload_demo_data
+    from hivedata.tools.emulator import Emulator
 
-    with Emulator(port=args.port, data_dir=args.data_dir) as em:
-        if args.demo_data:
-            upload_demo_data(_spec(args))
-            print(f"demo data: gs://{DEMO_BUCKET}/train and gs://{DEMO_BUCKET}/val")
-        print(f"fake-gcs-server running at {em.url}; in another shell:")
-        print(f"  export STORAGE_EMULATOR_HOST={em.url}", flush=True)
-        try:
+    try:  # Ctrl-C may come as soon as the address is printed: the emulator stops on the way out of `with`
+        with Emulator(port=args.port, data_dir=args.data_dir) as em:
+            if args.demo_data:
+                upload_demo_data(_spec(args))
+                print(f"demo data: gs://{DEMO_BUCKET}/train and gs://{DEMO_BUCKET}/val")
+            print(f"fake-gcs-server running at {em.url}; in another shell:")
+            print(f"  export STORAGE_EMULATOR_HOST={em.url}", flush=True)
             signal.pause()
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Emulator + generated data + index + native fetch of every object, then a summary."""
-    from .demo import run_demo
+    from hivedata.tools.demo import run_demo
 
     print("starting the embedded GCS and uploading generated ImageNet-like data ...", flush=True)
     report = run_demo(_spec(args))
@@ -52,7 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Lists (or loads from cache) the index of a gs:// prefix and prints a summary."""
-    from .index import cache_path, load_index
+    from hivedata.sources.prefix import cache_path, load_index
 
     idx = load_index(args.url, labels=args.labels, refresh=args.refresh)
     print(f"{idx.url}: {len(idx)} objects, {len(idx.classes)} classes, {int(idx.sizes.sum()) / 1e9:.2f} GB")
@@ -62,7 +62,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Draws a metrics file's curves to PNG."""
-    from .plot import main as plot_main
+    from hivedata.train.plot import main as plot_main
 
     return plot_main([args.metrics] + (["--out", args.out] if args.out else []) + (["--title", args.title]
                                                                                    if args.title else []))
@@ -70,7 +70,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """Packs SRC into WebDataset tar shards under DST with an index (resuming)."""
-    from .pack import pack, parse_size
+    from hivedata.common import parse_size
+    from hivedata.tools.pack import pack
 
     try:
         size = parse_size(args.shard_size)
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("index", help="index a gs:// prefix (cached locally)")
     p.add_argument("url", help="gs://bucket/prefix")
-    p.add_argument("--labels", help="labels file for a flat validation folder (path or gs://)")
+    p.add_argument("--labels", help="labels file for a flat validation folder (path or gs://); none: a "
+                                    "well-known one beside the folder (LOC_val_solution.csv, devkit ground truth)")
     p.add_argument("--refresh", action="store_true", help="list the bucket again even if cached")
     p.set_defaults(fn=cmd_index)
     p = sub.add_parser("pack", help="pack a dataset into WebDataset tar shards + an index (resumable)")
@@ -117,7 +119,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--title", help="plot title")
     p.set_defaults(fn=cmd_plot)
     args = ap.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except Exception as e:  # data a flag points at that is missing or wrong: one line; anything else: a traceback
+        line = data_error(e, args)
+        if line is None:
+            raise
+        print(f"hivedata {args.cmd}: error: {line}", file=sys.stderr)
+        return 2
+
+
+def data_error(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """'<argument>: <what is wrong>' for a data-location error of `hivedata index`; None for anything else."""
+    if args.cmd != "index":
+        return None
+    from hivedata.gcs.paths import parse_gcs_url
+    from hivedata.sources.labels import blame
+
+    try:
+        loc = parse_gcs_url(args.url)
+    except ValueError:
+        return None
+    locations = {f"gs://{loc.bucket}/{loc.prefix}": "URL"}
+    if args.labels and args.labels.startswith("gs://"):
+        locations[args.labels] = "--labels"
+    return blame(exc, locations, bucket=loc.bucket, bucket_flag="URL", labels_flag="--labels", default="URL")
 
 
 if __name__ == "__main__":

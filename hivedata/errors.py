@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class HivedataError(Exception):
     """Base class of every error hivedata raises on purpose."""
@@ -82,3 +84,41 @@ class UnsupportedImageError(BadImageError):
 
 class IndexStaleError(HivedataError):
     """A cached index no longer matches the bucket."""
+
+
+class DataLocationError(HivedataError):
+    """Data that is not where, or not what, it was said to be: `url` names it; `part` is "prefix" or "labels"."""
+
+    def __init__(self, message: str, *, url: str | None = None, part: str = "prefix") -> None:
+        super().__init__(message)
+        self.url = url
+        self.part = part
+
+
+class NoImagesError(DataLocationError, FileNotFoundError):
+    """Nothing that is an image is listed under a prefix (a misspelt or empty one)."""
+
+    @classmethod
+    def under(cls, bucket: str, prefix: str, names: Sequence[str]) -> NoImagesError:
+        """The error for gs://bucket/prefix, whose listing held only `names` (no class folders, no images)."""
+        url = f"gs://{bucket}/{prefix}"
+        if not names:
+            why = "nothing is listed there: check the spelling" if prefix else "the bucket is empty"
+        else:
+            why = f"{len(names)} objects, none a .jpeg/.jpg/.png, e.g. {names[0].rsplit('/', 1)[-1]!r}"
+            if any(n.endswith(".tar") for n in names):
+                why += f"; for WebDataset shards pass {url}*.tar"
+            elif any(n.endswith(".index.npz") for n in names):
+                why += "; for packed shards pass the .index.npz object itself"
+        return cls(f"no images under {url} ({why})", url=url, part="prefix")
+
+
+class DataFormatError(DataLocationError, ValueError):
+    """Data that is there but is not what was said: a folder that is not a training class, not a shard index."""
+
+
+class LabelsError(DataLocationError, ValueError):
+    """A labels file that is missing, unreadable or malformed, or that does not label every image."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message, url=url, part="labels")

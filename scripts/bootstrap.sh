@@ -1,26 +1,41 @@
 #!/usr/bin/env bash
 # Sets up a bare Debian machine for hivedata: system libraries, Python packages, the native build.
 # Idempotent: installs only what is missing. Runs as root, or through sudo when available.
+# On macOS the system libraries come from Homebrew instead (untested by CI: see docs/building.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/python_env.sh
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-    echo "bootstrap: not root and no sudo: install libcurl4-openssl-dev libjpeg62-turbo-dev yourself" >&2
+# 1. System packages the native build links against (setup.py finds them with pkg-config).
+if [ "$(uname -s)" = Darwin ]; then
+  if ! command -v brew >/dev/null 2>&1; then
+    echo "bootstrap: install Homebrew (https://brew.sh), then: brew install curl jpeg-turbo pkg-config" >&2
+    exit 1
   fi
-fi
+  need=()
+  for formula in curl jpeg-turbo; do brew list --versions "$formula" >/dev/null 2>&1 || need+=("$formula"); done
+  command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "bootstrap: brew install ${need[*]}"
+    brew install "${need[@]}"
+  fi
+else
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+      echo "bootstrap: not root and no sudo: install libcurl4-openssl-dev libjpeg62-turbo-dev pkg-config yourself" >&2
+    fi
+  fi
 
-# 1. System packages the native build links against.
-need=()
-for pkg in libcurl4-openssl-dev libjpeg62-turbo-dev g++ make; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "bootstrap: installing ${need[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  need=()
+  for pkg in libcurl4-openssl-dev libjpeg62-turbo-dev pkg-config g++ make; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "bootstrap: installing ${need[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
 fi
 
 # 2. Python packages. torch is pinned: an unpinned torch pulls gigabytes of CUDA wheels.

@@ -16,7 +16,7 @@
 #   python -m pip uninstall -y pillow-simd && python -m pip install pillow
 #
 # Note: a later `pip install` of a package that depends on Pillow may pull Pillow back in over the
-# top (both install the `PIL` package); `python -m hivedata.backends.simd` tells which one is loaded.
+# top (both install the `PIL` package); `python -m hivedata.loader.decoders.simd` tells which one is loaded.
 set -euo pipefail
 
 PILLOW_SIMD_VERSION="${PILLOW_SIMD_VERSION:-12.1.1.post0}"   # newest on PyPI when written (`pip index versions pillow-simd`)
@@ -83,7 +83,7 @@ import PIL
 from PIL import Image  # the compiled core must load (an AVX2 build on a non-AVX2 CPU fails here)
 
 try:
-    from hivedata.backends.simd import describe, pillow_is_simd
+    from hivedata.loader.decoders.simd import describe, pillow_is_simd
 except ImportError:  # the script may run against an environment without hivedata's dependencies
     simd = ".post" in PIL.__version__
     print(f"PIL {PIL.__version__}: pillow_is_simd() = {simd} (version heuristic)")

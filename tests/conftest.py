@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["hivedata.testing"]
+pytest_plugins = ["hivedata.tools.testing"]
 
 # Never let a test reach real credentials or a user's cache.
 for var in ("GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG", "STORAGE_EMULATOR_HOST"):
@@ -33,7 +33,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def emulator(gcs_emulator):
-    """The session's fake-gcs-server (hivedata.testing)."""
+    """The session's fake-gcs-server (hivedata.tools.testing)."""
     return gcs_emulator
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from hivedata.loader import Loader
-from hivedata.pack import pack
-from hivedata.synthetic import SyntheticSpec, upload_dataset
+from hivedata.loader.loader import Loader
+from hivedata.tools.pack import pack
+from hivedata.tools.synthetic import SyntheticSpec, upload_dataset
 from tests.support.fault_proxy import FaultProxy
 
 SPEC = SyntheticSpec(num_classes=4, train_per_class=30, val_per_class=0, seed=21, min_short_side=48,
@@ -191,7 +191,7 @@ def test_two_processes_share_one_cache(data, gcs_emulator, tmp_path):
     name, images, labels = data
     script = textwrap.dedent(f"""
         import hashlib, json
-        from hivedata.loader import Loader
+        from hivedata.loader.loader import Loader
         with Loader({shards(name)!r}, batch_size=16, cache_dir={str(tmp_path)!r}, shuffle="block", block_size=16,
                     train=False, image_size=32, backend="native", workers=1, drop_last=False,
                     endpoint={gcs_emulator.url!r}) as ld:

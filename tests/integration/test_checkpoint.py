@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hivedata.checkpoint import CheckpointStore
+from hivedata.train.checkpoint import CheckpointStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,7 +157,7 @@ def test_damaged_latest_falls_back_to_previous(location, damage, caplog):
         raw.delete("ckpt-000000002.pt")
     else:  # same length, one byte changed: only the sha256 can tell
         raw.write("ckpt-000000002.pt", data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
-    with caplog.at_level(logging.WARNING, logger="hivedata.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="hivedata.train.checkpoint"):
         assert_same(first, CheckpointStore(location).load())
     assert "ckpt-000000002.pt" in caplog.text
     assert_same(first, CheckpointStore(location).load("best"))
@@ -170,7 +170,7 @@ def test_everything_damaged_or_missing_gives_none(location, caplog):
     raw = Raw(location)
     raw.write("ckpt-000000001.pt", b"not a checkpoint")
     raw.write("latest.json", b"{half a poin")
-    with caplog.at_level(logging.WARNING, logger="hivedata.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="hivedata.train.checkpoint"):
         assert store.load() is None
     assert "latest.json" in caplog.text and "ckpt-000000001.pt" in caplog.text
 
@@ -187,7 +187,7 @@ def test_no_pointer_uses_newest_intact_file(location):
 CHILD = """
     import os, sys, time
     import torch
-    from hivedata.checkpoint import CheckpointStore
+    from hivedata.train.checkpoint import CheckpointStore
 
     if sys.argv[2] == "gcs":  # stop inside the resumable upload: the first 100 MiB chunk is in, the rest is not
         import requests.adapters

@@ -8,9 +8,9 @@ import subprocess
 import sys
 import urllib.request
 
-from hivedata.demo import run_demo
-from hivedata.emulator import ENV_VAR, Emulator
-from hivedata.synthetic import SyntheticSpec
+from hivedata.tools.demo import run_demo
+from hivedata.tools.emulator import ENV_VAR, Emulator
+from hivedata.tools.synthetic import SyntheticSpec
 
 
 def test_emulator_exports_and_restores_env(emulator):

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from hivedata.errors import FetchError
-from hivedata.fetch import Fetcher
+from hivedata.gcs.fetch import Fetcher
 from tests.support.fault_proxy import FaultProxy
 
 FAST_RETRY = dict(backoff_base_s=0.01, backoff_max_s=0.05)
@@ -96,7 +96,7 @@ def test_forbidden_is_permission_error_and_not_retried(bucket, objects, proxy):
 
 
 def test_token_is_sent_but_never_shown(bucket, objects, proxy):
-    from hivedata.auth import TokenSource
+    from hivedata.gcs.auth import TokenSource
 
     class Creds:  # a google.auth-like credentials object with a fixed token
         token = "ya29.SECRET-TOKEN-VALUE"

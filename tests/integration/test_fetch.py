@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hivedata.errors import BufferTooSmallError, RangeError
-from hivedata.fetch import Fetcher, ReadRequest
+from hivedata.gcs.fetch import Fetcher, ReadRequest
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hivedata.index import build_index, cache_path, check_fresh, load_index
+from hivedata.sources.prefix import build_index, cache_path, check_fresh, load_index
 
 CLASSES = ["n02000002", "n01000001", "n03000003"]
 

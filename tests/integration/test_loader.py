@@ -16,8 +16,8 @@ import torch
 
 from hivedata import Loader
 from hivedata.errors import BadImageError
-from hivedata.index import load_index
-from hivedata.synthetic import SyntheticSpec, make_jpeg, wnids
+from hivedata.sources.prefix import load_index
+from hivedata.tools.synthetic import SyntheticSpec, make_jpeg, wnids
 from tests.support.images import HOSTILE_BAD, hostile_set, jpeg, natural_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -220,7 +220,7 @@ def test_interpreter_exit_while_the_loader_runs(dataset, gcs_emulator):
 def test_dataloader_adapter_covers_the_epoch_with_workers(dataset):
     from torch.utils.data import DataLoader
 
-    from hivedata.torch_dataset import LoaderDataset
+    from hivedata.loader.torch_dataset import LoaderDataset
 
     ds = LoaderDataset(f"gs://{dataset}/train", batch_size=4, train=False, image_size=SIZE, workers=1)
     labels = torch.cat([y for _, y in DataLoader(ds, batch_size=None, num_workers=2)])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hivedata.fetch import Fetcher
+from hivedata.gcs.fetch import Fetcher
 from tests.support.fault_proxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def test_fork_with_transfers_in_flight(bucket, objects, emulator):
 
 def test_interpreter_exit_with_transfers_running(bucket, objects, emulator):
     code = f"""
-        from hivedata.fetch import Fetcher
+        from hivedata.gcs.fetch import Fetcher
         from tests.support.fault_proxy import FaultProxy
         proxy = FaultProxy({emulator.url!r}).start()
         proxy.add_fault("slow_first_byte", count=1000, delay=0.5)
@@ -91,7 +91,7 @@ def test_interpreter_exit_with_transfers_running(bucket, objects, emulator):
 def test_ctrl_c_interrupts_a_wait(bucket, objects, emulator):
     code = f"""
         import sys, time
-        from hivedata.fetch import Fetcher
+        from hivedata.gcs.fetch import Fetcher
         from tests.support.fault_proxy import FaultProxy
         proxy = FaultProxy({emulator.url!r}).start()
         proxy.add_fault("slow_first_byte", count=1000, delay=60)

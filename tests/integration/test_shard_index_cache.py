@@ -13,8 +13,9 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-from hivedata.fetch import Fetcher
-from hivedata.shard_index import ShardIndex, index_existing_shards, load_existing_shards, shard_cache_path
+from hivedata.gcs.fetch import Fetcher
+from hivedata.sources.shards import ShardIndex
+from hivedata.sources.webdataset import index_existing_shards, load_existing_shards, shard_cache_path
 
 
 def make_shard(samples: list[tuple[str, bytes, int]]) -> bytes:
@@ -142,7 +143,7 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(bucket, shards, reads, tmp_pa
     data = path.read_bytes()
     path.write_bytes(os.urandom(256) if damage == "garbage" else data[:len(data) // 2])
     reads.clear()
-    with caplog.at_level(logging.WARNING, logger="hivedata.shard_index"):
+    with caplog.at_level(logging.WARNING, logger="hivedata.sources.shards"):
         rebuilt = load_existing_shards(url, cache_dir=tmp_path)
     assert any("unreadable shard index cache" in r.getMessage() and str(path) in r.getMessage()
                for r in caplog.records)

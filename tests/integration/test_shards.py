@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from hivedata.fetch import Fetcher
-from hivedata.index import load_index
-from hivedata.loader import Loader
-from hivedata.pack import pack
-from hivedata.shard_index import index_existing_shards, load_shard_index, read_tar_members
-from hivedata.synthetic import SyntheticSpec, upload_dataset
+from hivedata.gcs.fetch import Fetcher
+from hivedata.loader.loader import Loader
+from hivedata.sources.prefix import load_index
+from hivedata.sources.shards import load_shard_index
+from hivedata.sources.webdataset import index_existing_shards, read_tar_members
+from hivedata.tools.pack import pack
+from hivedata.tools.synthetic import SyntheticSpec, upload_dataset
 
 SPEC = SyntheticSpec(num_classes=3, train_per_class=10, val_per_class=0, seed=11, min_short_side=48,
                      max_short_side=96, special_fraction=0.2)

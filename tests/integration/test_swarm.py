@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hivedata.swarm import PeerRegistry, announce, fetch_announced, initial_peers, peer_seed, visible_maddrs
+from hivedata.train.swarm import PeerRegistry, announce, fetch_announced, initial_peers, peer_seed, visible_maddrs
 
 RUN = "run1"
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -87,7 +87,7 @@ def test_stale_malformed_and_client_entries_are_skipped(emulator, bucket, caplog
     emulator.upload(bucket, p + "garbage", b"{not json")
     emulator.upload(bucket, p + "nomaddrs", json.dumps({"peer_id": "nomaddrs", "updated": time.time()}).encode())
     emulator.upload(bucket, "otherrun/peers/x", entry("x", ["/ip4/10.0.0.9/tcp/1/p2p/x"]))
-    with caplog.at_level(logging.WARNING, logger="hivedata.swarm"):
+    with caplog.at_level(logging.WARNING, logger="hivedata.train.swarm"):
         got = PeerRegistry(bucket, RUN, heartbeat_s=30).live_peers()
     assert got == ["/ip4/10.0.0.1/tcp/1/p2p/fresh"]
     assert f"gs://{bucket}/{p}garbage" in caplog.text and f"gs://{bucket}/{p}nomaddrs" in caplog.text
@@ -98,7 +98,7 @@ def test_stale_malformed_and_client_entries_are_skipped(emulator, bucket, caplog
 def test_heartbeat_survives_gcs_errors(emulator, bucket, caplog):
     missing = bucket + "-late"  # the bucket does not exist yet: every beat fails until it does
     reg = PeerRegistry(missing, RUN, peer_id="p1", maddrs=["/ip4/10.0.0.1/tcp/1/p2p/p1"], heartbeat_s=0.3)
-    with caplog.at_level(logging.WARNING, logger="hivedata.swarm"):
+    with caplog.at_level(logging.WARNING, logger="hivedata.train.swarm"):
         reg.start()
         try:
             time.sleep(0.8)

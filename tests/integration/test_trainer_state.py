@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hivedata.schedule import lr_lambda
-from hivedata.synthetic import SyntheticSpec, upload_dataset
-from hivedata.train_config import fill_defaults, parse_args
+from hivedata.tools.synthetic import SyntheticSpec, upload_dataset
+from hivedata.train.config import fill_defaults, parse_args
+from hivedata.train.schedule import lr_lambda
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def small_args(bucket: str, run_id: str, *flags: str):
 
 
 def trainer(bucket: str, run_id: str, *flags: str):
-    from hivedata.trainer import Trainer
+    from hivedata.train.trainer import Trainer
 
     return Trainer(small_args(bucket, run_id, *flags), loopback=True)
 
@@ -128,7 +128,7 @@ def test_resume_restores_epoch_lr_loader_position_and_weights(data_bucket, tmp_p
         assert all(torch.equal(x, y) for x, y in zip(momentum(b), saved_momentum, strict=True))
 
         # the next batch is the one the first run would have read next
-        from hivedata.loader import Loader
+        from hivedata.loader.loader import Loader
 
         with Loader(f"gs://{data_bucket}/train", batch_size=8, train=True, image_size=32, backend="native",
                     seed=saved_loader["seed"], workers=1) as reference:
@@ -158,8 +158,8 @@ def test_resume_without_a_checkpoint_starts_fresh(data_bucket, tmp_path, caplog)
 
 
 def test_training_over_packed_shards_with_block_shuffle_and_a_disk_cache(data_bucket, tmp_path):
-    from hivedata.pack import pack
-    from hivedata.shard_index import ShardIndex
+    from hivedata.sources.shards import ShardIndex
+    from hivedata.tools.pack import pack
 
     pack(f"gs://{data_bucket}/train", f"gs://{data_bucket}/packed", shard_size=256 * 1024, progress=False,
          log=lambda s: None)
@@ -225,7 +225,7 @@ def _peer(bucket: str, tmp_path: Path, name: str, *flags: str) -> subprocess.Pop
 def test_killing_a_peer_mid_run_leaves_the_other_training(data_bucket, tmp_path):
     from google.cloud import storage
 
-    from hivedata.checkpoint import CheckpointStore
+    from hivedata.train.checkpoint import CheckpointStore
 
     a = _peer(data_bucket, tmp_path, "a", "--max_minutes", "4", "--wait_peers", "2", "--checkpoint_dir",
               str(tmp_path / "ck"))

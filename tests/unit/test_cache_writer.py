@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hivedata.cache_writer import CacheWriter
-from hivedata.disk_cache import CacheKey, DiskCache
+from hivedata.loader.cache_writer import CacheWriter
+from hivedata.loader.disk_cache import CacheKey, DiskCache
 from tests.support.forking import in_forked_child
 
 

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from hivedata import errors
-from hivedata.backends.base import Augment
-from hivedata.backends.dali_backend import INSTALL_HINT, DaliDecoder
-from hivedata.backends.pillow_backend import python_choose_crop
+from hivedata.loader.decoders.base import Augment
+from hivedata.loader.decoders.dali import INSTALL_HINT, DaliDecoder
+from hivedata.loader.decoders.pillow import python_choose_crop
 from tests.support.forking import in_forked_child
 from tests.support.photos import encode, jpeg, mad, photo, reference_eval  # noqa: F401
 
@@ -70,7 +70,7 @@ def test_eval_close_to_pillow_reference(eval_dec, size):
 
 @pytest.mark.parametrize("size", [(500, 375), (375, 500)])
 def test_non_square_eval_matches_pillow_backend(size):
-    from hivedata.backends.pillow_backend import PillowDecoder
+    from hivedata.loader.decoders.pillow import PillowDecoder
 
     aug = Augment(out_h=160, out_w=192, train=False)
     data = jpeg(*size, seed=3)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hivedata.disk_cache import CacheKey, DiskCache, default_data_cache_dir, parse_cache_size
+from hivedata.loader.disk_cache import CacheKey, DiskCache, default_data_cache_dir, parse_cache_size
 from tests.support.threads import run_threads
 
 
@@ -219,7 +219,7 @@ def test_unwritable_directory_counts_put_errors_and_never_raises(tmp_path, monke
     else:
         os.chmod(root, 0o500)
     try:
-        with caplog.at_level(logging.WARNING, logger="hivedata.disk_cache"):
+        with caplog.at_level(logging.WARNING, logger="hivedata.loader.disk_cache"):
             cache.put(CacheKey("b", "o", 1), b"x" * 10)
             cache.put(CacheKey("b", "p", 1), b"y" * 10)
         assert cache.get(CacheKey("b", "o", 1)) is None
@@ -227,7 +227,7 @@ def test_unwritable_directory_counts_put_errors_and_never_raises(tmp_path, monke
         os.chmod(root, 0o700)
     s = cache.stats()
     assert (s["put_errors"], s["puts"], s["bytes_written"]) == (2, 0, 0)
-    assert len([r for r in caplog.records if r.name == "hivedata.disk_cache"]) == 1  # logged once
+    assert len([r for r in caplog.records if r.name == "hivedata.loader.disk_cache"]) == 1  # logged once
     assert files(root) == []  # no temp file left behind
 
 

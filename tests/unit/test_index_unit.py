@@ -7,10 +7,10 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from hivedata.auth import TokenSource
-from hivedata.gcs_json import ObjectMeta
-from hivedata.gcs_paths import parse_gcs_url, storage_endpoint
-from hivedata.index import Index, cache_path, parse_labels
+from hivedata.gcs.auth import TokenSource
+from hivedata.gcs.json_client import ObjectMeta
+from hivedata.gcs.paths import parse_gcs_url, storage_endpoint
+from hivedata.sources.prefix import Index, cache_path, parse_labels
 
 
 def test_parse_gcs_url():

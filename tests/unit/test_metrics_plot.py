@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from hivedata.metrics import MetricsLog, read_metrics
-from hivedata.plot import DEFAULT_SIZE, main, nice_ticks, plot_metrics, tick_labels
+from hivedata.train.metrics import MetricsLog, read_metrics
+from hivedata.train.plot import DEFAULT_SIZE, main, nice_ticks, plot_metrics, tick_labels
 
 
 def _rows(n: int = 300, val_every: int = 50) -> list[dict]:

@@ -1,4 +1,4 @@
-"""hivedata.models: torchvision-compatible ResNet-18/50 layout, init, forward, param groups."""
+"""hivedata.train.models: torchvision-compatible ResNet-18/50 layout, init, forward, param groups."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hivedata.models import BasicBlock, Bottleneck, build_model, param_groups, resnet18, resnet50
+from hivedata.train.models import BasicBlock, Bottleneck, build_model, param_groups, resnet18, resnet50
 
 GOLDEN = Path(__file__).parent / "golden"
 # torchvision's published numbers: (state_dict entries, parameter tensors, total parameter count)

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from hivedata import errors
-from hivedata.backends import simd
-from hivedata.backends.base import Augment
-from hivedata.backends.pillow_backend import PillowDecoder, _draft_factor, python_choose_crop
+from hivedata.loader.decoders import simd
+from hivedata.loader.decoders.base import Augment
+from hivedata.loader.decoders.pillow import PillowDecoder, _draft_factor, python_choose_crop
 from tests.support.forking import in_forked_child
 from tests.support.photos import encode, jpeg, mad, photo, reference_eval  # noqa: F401
 

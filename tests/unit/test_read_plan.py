@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from hivedata import _native
-from hivedata.read_plan import plan_ranges, plan_whole_objects
+from hivedata.sources.read_plan import ReadPlan, Span, plan_ranges, plan_whole_objects
 
 
 def covered(plan, starts, sizes):
     """For every sample: the span that reads it, checked to put its bytes at its arena offset."""
     where = {}
-    for start, length, off, present, items in plan.spans:
-        for i in items:
+    for s in plan.spans:
+        start, length, off, present = s.start, s.length, s.offset, s.present
+        for i in s.members:
             assert i not in where, "a sample read twice"
             where[i] = (start, length, off, present)
             assert start <= starts[i] and starts[i] + sizes[i] <= start + length
@@ -31,7 +32,7 @@ def test_neighbours_in_one_shard_share_a_get():
     plan = plan_ranges(objects, starts, sizes, max_gap=2048)
     covered(plan, starts, sizes)
     assert plan.gets == 2
-    assert sorted(len(s[4]) for s in plan.spans) == [1, 3]
+    assert sorted(len(s.members) for s in plan.spans) == [1, 3]
     assert plan.arena_size == (5120 + 1000 - 512) + 300
 
 
@@ -61,7 +62,13 @@ def test_present_samples_split_a_run_and_need_no_get():
 def test_whole_objects_back_to_back():
     plan = plan_whole_objects(np.array([10, 20, 30]), np.array([False, True, False]))
     assert plan.offsets.tolist() == [0, 10, 30] and plan.arena_size == 60 and plan.gets == 2
-    assert [s[0] for s in plan.spans] == [-1, -1, -1]
+    assert [s.start for s in plan.spans] == [-1, -1, -1]
+
+
+def _plan(spans, offsets=(0, 60), sizes=(40, 40), arena_size=200):
+    """A ReadPlan of two samples with hand-made spans (start, length, offset, present, members[, object])."""
+    typed = [Span(s[5] if len(s) > 5 else "shard.tar", 0, s[0], s[1], s[2], tuple(s[4]), s[3]) for s in spans]
+    return ReadPlan("b", np.array(offsets[:len(sizes)]), np.array(sizes), arena_size, typed)
 
 
 @pytest.mark.parametrize("spans, message", [
@@ -75,32 +82,31 @@ def test_pipeline_refuses_inconsistent_spans(spans, message):
     p = _native.Pipeline(endpoint="http://127.0.0.1:9", decode=False)
     arena = np.zeros(200, dtype=np.uint8)
     with pytest.raises(ValueError, match=message):
-        p.submit(1, "b", ["shard.tar", "shard.tar"], [0, 0], [0, 0], [0, 60], [40, 40], False, arena, None,
-                 [0, 60], spans)
+        p.submit(1, _plan(spans), [0, 0], arena, None)
     assert p.outstanding == 0
     p.close()
 
 
 def test_an_empty_member_is_a_decode_failure_not_a_bad_range():
-    p = _native.Pipeline(endpoint="http://127.0.0.1:9", out_h=8, out_w=8, threads=1)  # nothing is fetched
+    p = _native.Pipeline(endpoint="http://127.0.0.1:9", augment=_native.AugmentParams(out_h=8, out_w=8),
+                         threads=1)  # nothing is fetched
     arena = np.zeros(64, dtype=np.uint8)
     out = np.zeros((1, 8, 8, 3), dtype=np.uint8)
-    p.submit(1, "b", ["shard.tar"], [7], [0], [0], [0], False, arena, out, [512], [(512, 0, 0, False, [0])])
-    _, nbytes, failed, _ = p.poll(timeout=10)
+    p.submit(1, _plan([(512, 0, 0, False, [0])], offsets=(0,), sizes=(0,), arena_size=64), [0], arena, out)
+    r = p.poll(timeout=10)
+    nbytes, failed = r.nbytes, r.failed
     assert nbytes == [0] and len(failed) == 1
     assert "gs://b/shard.tar" in str(failed[0][1]) and "range" not in str(failed[0][1]).lower()
     assert p.stats()["gets"] == 0
     p.close()
 
 
-def test_pipeline_refuses_a_span_mixing_objects_or_wrapping_around():
+def test_pipeline_refuses_a_span_wrapping_around_or_a_plan_of_another_length():
     p = _native.Pipeline(endpoint="http://127.0.0.1:9", decode=False)
     arena = np.zeros(200, dtype=np.uint8)
-    with pytest.raises(ValueError, match="mixes objects"):
-        p.submit(1, "b", ["a.tar", "b.tar"], [0, 0], [0, 0], [0, 60], [40, 40], False, arena, None, [0, 60],
-                 [(0, 100, 0, False, [0, 1])])
     with pytest.raises(ValueError, match="arena too small"):
-        p.submit(1, "b", ["a.tar", "a.tar"], [0, 0], [0, 0], [0, 60], [40, 40], False, arena, None, [0, 60],
-                 [(0, 2**64 - 10, 20, False, [0, 1])])
+        p.submit(1, _plan([(0, 2**64 - 10, 20, False, [0, 1])]), [0, 0], arena, None)
+    with pytest.raises(ValueError, match="seeds"):
+        p.submit(1, _plan([(0, 100, 0, False, [0, 1])]), [0], arena, None)
     assert p.outstanding == 0
     p.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hivedata.sampler import EpochSampler, run_starts
+from hivedata.loader.sampler import EpochSampler, run_starts
 
 
 def test_every_index_once_without_drop_last():

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from hivedata.models import param_groups
-from hivedata.optim import LARS, optimizer_factory
-from hivedata.schedule import lr_lambda, make_scheduler, scheduler_factory
+from hivedata.train.models import param_groups
+from hivedata.train.optim import LARS, optimizer_factory
+from hivedata.train.schedule import lr_lambda, make_scheduler, scheduler_factory
 
 # -- schedule -------------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Unit tests for hivedata.synthetic: determinism, ILSVRC layout, special JPEGs, sizes, learnability."""
+"""Unit tests for hivedata.tools.synthetic: determinism, ILSVRC layout, special JPEGs, sizes, learnability."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hivedata import synthetic
-from hivedata.synthetic import SyntheticSpec
+from hivedata.tools import synthetic
+from hivedata.tools.synthetic import SyntheticSpec
 
 SMALL = SyntheticSpec(num_classes=4, train_per_class=5, val_per_class=3, min_short_side=32, max_short_side=48)
 

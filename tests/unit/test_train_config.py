@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hivedata.train_config import build_parser, fill_defaults, parse_args
+from hivedata.train.config import build_parser, fill_defaults, parse_args
 
 ORIGINAL_FLAGS = ["--bucket_name", "--train_prefix", "--val_prefix", "--device", "--initial_peer",
                   "--announce_gcs_path", "--fetch_gcs_path", "--batch_size", "--target_batch_size", "--lr",

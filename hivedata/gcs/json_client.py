@@ -1,0 +1,99 @@
+"""Small GCS JSON API client for metadata (listing, object metadata, small downloads) over requests."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import requests
+
+from hivedata.errors import FetchError, ObjectNotFoundError, ObjectPermissionError
+from hivedata.gcs.auth import TokenSource
+
+RETRYABLE = {408, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    """Name, size and generation of one object."""
+
+    name: str
+    size: int
+    generation: int
+
+
+@dataclass
+class ListPage:
+    """One page of a listing: objects and (with a delimiter) sub-prefixes."""
+
+    objects: list[ObjectMeta]
+    prefixes: list[str]
+
+
+class GcsJsonClient:
+    """Metadata calls against one endpoint; retries 408/429/5xx and connection errors with backoff."""
+
+    def __init__(self, endpoint: str, tokens: TokenSource, *, max_attempts: int = 6, timeout: float = 60.0) -> None:
+        self.endpoint = endpoint
+        self.tokens = tokens
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def _get(self, url: str, params: dict | None, what: str, bucket: str, obj: str | None = None) -> requests.Response:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                r = self._session.get(url, params=params, headers=self.tokens.headers(), timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as e:
+                if attempt == self.max_attempts:
+                    raise FetchError(f"network error {what}: {e}", bucket=bucket, object=obj) from e
+            else:
+                if r.status_code == 200:
+                    return r
+                if r.status_code == 404:
+                    raise ObjectNotFoundError(f"not found {what}", bucket=bucket, object=obj, status=404)
+                if r.status_code in (401, 403):
+                    raise ObjectPermissionError(f"permission denied (HTTP {r.status_code}) {what}",
+                                                bucket=bucket, object=obj, status=r.status_code)
+                if r.status_code not in RETRYABLE or attempt == self.max_attempts:
+                    raise FetchError(f"HTTP {r.status_code} {what}: {r.text[:200]}", bucket=bucket, object=obj,
+                                     status=r.status_code)
+            time.sleep(random.uniform(0, min(5.0, 0.1 * 2 ** attempt)))
+        raise AssertionError("unreachable")
+
+    def list_pages(self, bucket: str, prefix: str = "", delimiter: str | None = None,
+                   page_size: int = 1000) -> Iterator[ListPage]:
+        """Pages of objects under `prefix` (and sub-prefixes when `delimiter` is set)."""
+        url = f"{self.endpoint}/storage/v1/b/{quote(bucket, safe='')}/o"
+        params: dict[str, str | int] = {"prefix": prefix, "maxResults": page_size,
+                                        "fields": "items(name,size,generation),prefixes,nextPageToken"}
+        if delimiter:
+            params["delimiter"] = delimiter
+        what = f"listing gs://{bucket}/{prefix}"
+        while True:
+            body = self._get(url, params, what, bucket).json()
+            objects = [ObjectMeta(it["name"], int(it.get("size", 0)), int(it.get("generation", 0)))
+                       for it in body.get("items", [])]
+            yield ListPage(objects, list(body.get("prefixes", [])))
+            token = body.get("nextPageToken")
+            if not token:
+                return
+            params["pageToken"] = token
+
+    def object_meta(self, bucket: str, name: str) -> ObjectMeta:
+        """Size and generation of one object."""
+        url = f"{self.endpoint}/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
+        body = self._get(url, {"fields": "name,size,generation"}, f"reading metadata of gs://{bucket}/{name}",
+                         bucket, name).json()
+        return ObjectMeta(body["name"], int(body.get("size", 0)), int(body.get("generation", 0)))
+
+    def download(self, bucket: str, name: str) -> bytes:
+        """Whole small object (labels files, pointers); bulk data goes through the native engine."""
+        url = f"{self.endpoint}/download/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
+        return self._get(url, {"alt": "media"}, f"downloading gs://{bucket}/{name}", bucket, name).content
