@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hivedata import Loader  # noqa: E402
 from hivedata.sources.prefix import Index, load_index  # noqa: E402
 from hivedata.tools.emulator import Emulator  # noqa: E402
-from hivedata.tools.synthetic import SyntheticSpec, upload_dataset  # noqa: E402
+from hivedata.tools.synthetic import SyntheticSpec  # noqa: E402
+from hivedata.tools.synthetic_store import upload_dataset  # noqa: E402
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

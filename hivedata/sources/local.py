@@ -51,7 +51,7 @@ class LocalFolderSource:
 
     def _flat(self, base: Path, classes: Sequence[str] | None,
               labels: str | dict[str, str] | None) -> list[tuple[str, int]]:
-        from hivedata.sources.prefix import parse_labels
+        from hivedata.sources.labels import parse_labels
 
         files = sorted(f for f in base.iterdir() if f.is_file() and is_image_name(f.name))
         if labels is None:

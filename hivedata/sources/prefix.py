@@ -22,7 +22,7 @@ from hivedata.gcs.auth import token_source
 from hivedata.gcs.json_client import GcsJsonClient, ObjectMeta
 from hivedata.gcs.paths import parse_gcs_url, storage_endpoint
 from hivedata.sources.base import BucketSource, CacheKey
-from hivedata.sources.labels import NoImagesError, _load_labels, _stem, label_flat, parse_labels  # noqa: F401
+from hivedata.sources.labels import NoImagesError, label_flat
 from hivedata.sources.read_plan import DEFAULT_MAX_GAP, ReadPlan, plan_whole_objects
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,8 @@ class _Lister:
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(folders), desc=f"listing gs://{self.bucket}", unit="class", leave=False)
+            bar = tqdm(total=len(folders), desc=f"listing gs://{self.bucket}", unit="class", leave=False,
+                       disable=None)  # only on a terminal
         results: list[list[ObjectMeta]] = [[] for _ in folders]
         total = 0
         with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(folders)))) as pool:

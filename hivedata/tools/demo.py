@@ -10,7 +10,8 @@ import numpy as np
 from hivedata.gcs.fetch import Fetcher
 from hivedata.sources.prefix import load_index
 from hivedata.tools.emulator import Emulator
-from hivedata.tools.synthetic import SyntheticSpec, upload_dataset
+from hivedata.tools.synthetic import SyntheticSpec
+from hivedata.tools.synthetic_store import upload_dataset
 
 DEMO_BUCKET = "hivedata-demo"
 

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from hivedata.tools.emulator import Emulator
-from hivedata.tools.synthetic import SyntheticSpec, upload_dataset
+from hivedata.tools.synthetic import SyntheticSpec
+from hivedata.tools.synthetic_store import upload_dataset
 
 EMBEDDED_BUCKET = "hivedata-embedded"
 EMBEDDED_SPEC = SyntheticSpec(num_classes=10, train_per_class=100, val_per_class=20, seed=0)

@@ -167,7 +167,7 @@ class Destination:
 
     def _blobs(self) -> Any:
         if self._bucket is None:
-            from hivedata.train.swarm import storage_client
+            from hivedata.gcs.storage import storage_client
 
             self._bucket = storage_client().bucket(self.bucket_name)
         return self._bucket

@@ -127,14 +127,9 @@ class _GcsFiles:
 
     def _get_bucket(self) -> Any:
         if self._bucket is None or self._pid != os.getpid():  # a client does not survive fork
-            from google.cloud import storage
+            from hivedata.gcs.storage import storage_client
 
-            no_project = not (os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT"))
-            if os.environ.get("STORAGE_EMULATOR_HOST") and no_project:
-                client = storage.Client(project="hivedata")
-            else:
-                client = storage.Client()
-            self._bucket, self._pid = client.bucket(self.bucket_name), os.getpid()
+            self._bucket, self._pid = storage_client().bucket(self.bucket_name), os.getpid()
         return self._bucket
 
     def url(self, name: str) -> str:

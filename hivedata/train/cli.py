@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         from hivedata.tools.embedded import EMBEDDED_BUCKET, prepare_emulator
 
         print("embedded default: starting a local GCS emulator with a generated 10-class dataset ...", flush=True)
-        em = prepare_emulator()
+        em = prepare_emulator(progress=args.progress)
         args.bucket = EMBEDDED_BUCKET
         args.metrics = args.metrics or "results/metrics.jsonl"
         args.checkpoint_dir = args.checkpoint_dir or "results/checkpoints"

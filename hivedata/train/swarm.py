@@ -12,26 +12,16 @@ import hashlib
 import ipaddress
 import json
 import logging
-import os
 import threading
 import time
 from typing import Any
 
 from hivedata.gcs.paths import parse_gcs_url
+from hivedata.gcs.storage import storage_client
 
 log = logging.getLogger(__name__)
 
 _TIMEOUT_S = 20.0  # per GCS request, so a hung connection cannot stall a heartbeat or stop() for long
-
-
-def storage_client() -> Any:
-    """A google-cloud-storage client (honours STORAGE_EMULATOR_HOST); created per use, never at import."""
-    from google.cloud import storage
-
-    no_project = not (os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT"))
-    if os.environ.get("STORAGE_EMULATOR_HOST") and no_project:
-        return storage.Client(project="hivedata")
-    return storage.Client()
 
 
 def _not_found(exc: BaseException) -> bool:

@@ -4,70 +4,28 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hivemind
 import torch
 import torch.nn.functional as F
-from hivemind.compression import Float16Compression
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from hivedata.loader.loader import Loader
-from hivedata.train.checkpoint import CheckpointStore
 from hivedata.train.metrics import MetricsLog
-from hivedata.train.models import build_model, param_groups
-from hivedata.train.optim import optimizer_factory
-from hivedata.train.schedule import scheduler_factory
-from hivedata.train.swarm import PeerRegistry, announce, initial_peers, peer_seed, visible_maddrs
+from hivedata.train.parts import TrainerParts, bn_buffers, build_parts, pick_device
+from hivedata.train.swarm_optimizer import SwarmOptimizer
+
+if TYPE_CHECKING:
+    from hivedata.loader.loader import Loader
+
+__all__ = ["METRIC_FIELDS", "SwarmOptimizer", "Trainer", "bn_buffers", "evaluate", "pick_device"]
 
 log = logging.getLogger("hivedata.train")
 
+EPOCH_LOG_EVERY = 10  # "global epoch N: averaged with K peers" every N epochs, and whenever K changes
 METRIC_FIELDS = ["step", "time", "loss", "samples_per_s", "global_epoch", "peers", "lr", "averaged_with", "val_top1",
                  "val_top5", "loader_images_per_s", "loader_skipped", "loader_retries", "loader_wait_s"]
-
-
-class SwarmOptimizer(hivemind.Optimizer):
-    """hivemind.Optimizer that remembers how many peers each gradient-averaging round included."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.last_group_size = 1
-        self.group_sizes: list[tuple[int, int]] = []  # (global epoch, peers averaged with)
-
-    def _average_gradients_and_load_into_optimizer(self, maybe_step_control):  # noqa: ANN001
-        super()._average_gradients_and_load_into_optimizer(maybe_step_control)
-        size = 1
-        if maybe_step_control is not None and maybe_step_control.done():
-            try:
-                size = len(maybe_step_control.result(0))
-            except BaseException:  # averaging failed: the step used local gradients
-                size = 1
-        self.last_group_size = size
-        self.group_sizes.append((self.local_epoch, size))
-
-
-def pick_device(name: str | None) -> torch.device:
-    """The requested device, or the best available one."""
-    if name:
-        dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("--device cuda: torch sees no CUDA device")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise SystemExit("--device mps: MPS is not available")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def bn_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
-    """BatchNorm running statistics, averaged across peers as hivemind extra_tensors."""
-    return [b for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var"))]
 
 
 @torch.no_grad()
@@ -89,65 +47,19 @@ def evaluate(model: torch.nn.Module, loader: Loader, max_batches: int | None) ->
 
 
 class Trainer:
-    """Builds the swarm, model, optimizer and loaders from train.py's flags, then runs the loop."""
+    """One peer's training loop over its parts (hivedata.train.parts), built from train.py's flags unless given."""
 
-    def __init__(self, args: argparse.Namespace, *, loopback: bool = False) -> None:
+    def __init__(self, args: argparse.Namespace, *, loopback: bool = False, parts: TrainerParts | None = None) -> None:
         self.args = args
-        self.device = pick_device(args.device)
-        torch.manual_seed(args.seed)
-        host = "127.0.0.1" if loopback else "0.0.0.0"
-        registry_reader = PeerRegistry(args.bucket, args.run_id) if args.bucket else None
-        peers = initial_peers(explicit=args.initial_peer, registry=registry_reader,
-                              fetch_gcs_path=args.fetch_gcs_path)
-        self.dht = hivemind.DHT(start=True, initial_peers=peers, host_maddrs=[f"/ip4/{host}/tcp/{args.host_port}"],
-                                announce_maddrs=args.announce_maddr or None, client_mode=args.client_mode,
-                                identity_path=args.identity_path)
-        self.peer_id = str(self.dht.peer_id)
-        maddrs = visible_maddrs(self.dht)
-        log.info("peer %s joined with %d initial peers; reachable at %s", self.peer_id, len(peers), maddrs)
-        self.registry = None
-        if args.bucket and not args.client_mode:
-            self.registry = PeerRegistry(args.bucket, args.run_id, peer_id=self.peer_id, maddrs=maddrs)
-            self.registry.start()
-        if args.announce_gcs_path:
-            announce(args.announce_gcs_path, maddrs)
-
-        self.store = CheckpointStore(args.checkpoint_dir) if args.checkpoint_dir else None
-        self.resume_state = self.store.load("latest") if args.resume and self.store is not None else None
-        if args.resume and self.resume_state is None:
-            log.warning("--resume: no loadable checkpoint in %s; starting fresh", args.checkpoint_dir)
-        # a resumed peer continues the data order it was in (its seed), even if its peer id changed
-        data_seed = (int(self.resume_state["loader"]["seed"]) if self.resume_state is not None
-                     else peer_seed(self.peer_id, args.seed))
-        self.train_loader = Loader(f"gs://{args.bucket}/{args.train_prefix}", batch_size=args.batch_size, train=True,
-                                   image_size=args.image_size, backend=args.backend, device=str(self.device),
-                                   seed=data_seed, workers=args.num_workers, shuffle=args.shuffle,
-                                   block_size=args.block_size, cache_dir=args.cache_dir, cache_size=args.cache_size,
-                                   channels_last=self.device.type == "cuda")
-        self.val_loader = Loader(f"gs://{args.bucket}/{args.val_prefix}", batch_size=args.batch_size, train=False,
-                                 image_size=args.image_size, backend=args.backend, device=str(self.device),
-                                 classes=self.train_loader.index.classes, labels=args.val_labels,
-                                 workers=args.num_workers, channels_last=self.device.type == "cuda")
-        num_classes = len(self.train_loader.index.classes)
-        model = build_model(args.arch, num_classes).to(self.device)
-        if self.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.forward = torch.compile(model) if args.compile and self.device.type == "cuda" else model
-
-        samples = len(self.train_loader.index)
-        self.total_global_epochs = max(1, math.ceil(args.epochs * samples / args.target_batch_size))
-        warmup = args.warmup_epochs * samples / args.target_batch_size
-        self.opt = SwarmOptimizer(
-            dht=self.dht, run_id=args.run_id, params=param_groups(model, args.weight_decay),
-            optimizer=optimizer_factory(args.optimizer, lr=args.lr, weight_decay=args.weight_decay),
-            scheduler=scheduler_factory(warmup_epochs=warmup, total_epochs=self.total_global_epochs,
-                                        decay=args.lr_decay),
-            batch_size_per_step=args.batch_size, target_batch_size=args.target_batch_size,
-            matchmaking_time=args.matchmaking_time, averaging_timeout=args.averaging_timeout,
-            grad_compression=Float16Compression(),
-            state_averaging_compression=Float16Compression(),
-            extra_tensors=bn_buffers(model), client_mode=args.client_mode, verbose=False)
+        self.parts = parts if parts is not None else build_parts(args, loopback=loopback)
+        self.device = self.parts.device
+        swarm = self.parts.swarm
+        self.dht, self.peer_id, self.registry = swarm.dht, swarm.peer_id, swarm.registry
+        self.store, self.resume_state = self.parts.checkpoints.store, self.parts.checkpoints.resume_state
+        self.train_loader, self.val_loader = self.parts.data.train, self.parts.data.val
+        learner = self.parts.learner
+        self.model, self.forward, self.opt = learner.model, learner.forward, learner.opt
+        self.total_global_epochs = learner.total_global_epochs
         self.metrics = MetricsLog(args.metrics, fields=METRIC_FIELDS) if args.metrics else None
         self.best_top1 = 0.0
         self.last_top1: float | None = None
@@ -157,6 +69,7 @@ class Trainer:
     def restore(self) -> None:
         """--resume from disk first; then pull the swarm's state if it is at least as far along as ours."""
         state, self.resume_state = self.resume_state, None
+        self.parts.checkpoints.resume_state = None  # loaded once; do not keep a second copy of the weights
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
@@ -212,6 +125,7 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else None
         done = False
         validated_at = None
+        logged_group = None  # the group size last logged: an epoch's line is logged when it changes
         self.model.train()
         while not done:
             t_batch = time.perf_counter()
@@ -237,8 +151,10 @@ class Trainer:
                     epoch_seen = self.opt.local_epoch
                     bar.update(max(0, min(epoch_seen, bar.total) - bar.n))
                     row["averaged_with"] = self.opt.last_group_size
-                    log.info("global epoch %d: averaged with %d peers, loss %.3f, lr %.4f", epoch_seen,
-                             self.opt.last_group_size, row["loss"], row["lr"])
+                    if self.opt.last_group_size != logged_group or epoch_seen % EPOCH_LOG_EVERY == 0:
+                        logged_group = self.opt.last_group_size
+                        log.info("global epoch %d: averaged with %d peers, loss %.3f, lr %.4f", epoch_seen,
+                                 logged_group, row["loss"], row["lr"])
                     if epoch_seen % args.val_every == 0 or epoch_seen >= self.total_global_epochs:
                         row.update(self.validate())
                         self.checkpoint()
@@ -284,10 +200,5 @@ class Trainer:
         return args.target_accuracy is not None and (self.last_top1 or 0) >= args.target_accuracy
 
     def close(self) -> None:
-        """Leaves the swarm and stops every thread."""
-        if self.registry is not None:
-            self.registry.stop()
-        self.train_loader.close()
-        self.val_loader.close()
-        self.opt.shutdown()
-        self.dht.shutdown()
+        """Leaves the swarm and stops every thread and process (in the order of TrainerParts.close)."""
+        self.parts.close()

@@ -15,7 +15,8 @@ import torch
 
 from hivedata.loader.loader import Loader
 from hivedata.tools.pack import pack
-from hivedata.tools.synthetic import SyntheticSpec, upload_dataset
+from hivedata.tools.synthetic import SyntheticSpec
+from hivedata.tools.synthetic_store import upload_dataset
 from tests.support.fault_proxy import FaultProxy
 
 SPEC = SyntheticSpec(num_classes=4, train_per_class=30, val_per_class=0, seed=21, min_short_side=48,

@@ -18,7 +18,8 @@ from hivedata.sources.prefix import load_index
 from hivedata.sources.shards import load_shard_index
 from hivedata.sources.webdataset import index_existing_shards, read_tar_members
 from hivedata.tools.pack import pack
-from hivedata.tools.synthetic import SyntheticSpec, upload_dataset
+from hivedata.tools.synthetic import SyntheticSpec
+from hivedata.tools.synthetic_store import upload_dataset
 
 SPEC = SyntheticSpec(num_classes=3, train_per_class=10, val_per_class=0, seed=11, min_short_side=48,
                      max_short_side=96, special_fraction=0.2)

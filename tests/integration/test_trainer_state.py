@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hivedata.tools.synthetic import SyntheticSpec, upload_dataset
+from hivedata.tools.synthetic import SyntheticSpec
+from hivedata.tools.synthetic_store import upload_dataset
 from hivedata.train.config import fill_defaults, parse_args
 from hivedata.train.schedule import lr_lambda
 

@@ -10,7 +10,8 @@ import pytest
 from hivedata.gcs.auth import TokenSource
 from hivedata.gcs.json_client import ObjectMeta
 from hivedata.gcs.paths import parse_gcs_url, storage_endpoint
-from hivedata.sources.prefix import Index, cache_path, parse_labels
+from hivedata.sources.labels import parse_labels
+from hivedata.sources.prefix import Index, cache_path
 
 
 def test_parse_gcs_url():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hivedata.tools import synthetic
+from hivedata.tools import synthetic, synthetic_store
 from hivedata.tools.synthetic import SyntheticSpec
 
 SMALL = SyntheticSpec(num_classes=4, train_per_class=5, val_per_class=3, min_short_side=32, max_short_side=48)
@@ -218,7 +218,7 @@ def test_classes_learnable_from_random_crops() -> None:
 
 def test_write_dataset_flat(tmp_path) -> None:
     spec = SyntheticSpec(**{**SMALL.__dict__, "val_layout": "flat"})
-    info = synthetic.write_dataset(tmp_path, spec, train_prefix="in/train", val_prefix="in/val/")
+    info = synthetic_store.write_dataset(tmp_path, spec, train_prefix="in/train", val_prefix="in/val/")
     train, val = synthetic.dataset_items(spec, "in/train", "in/val")
     assert info.num_train == len(train) == 20 and info.num_val == len(val) == 12
     assert info.wnids == tuple(synthetic.wnids(spec.num_classes))
@@ -271,7 +271,7 @@ class _FakeClient:
 def test_upload_dataset_with_fake_client(layout: str) -> None:
     spec = SyntheticSpec(**{**SMALL.__dict__, "val_layout": layout})
     client = _FakeClient()
-    info = synthetic.upload_dataset("bkt", spec, client=client, workers=4, progress=False)
+    info = synthetic_store.upload_dataset("bkt", spec, client=client, workers=4, progress=False)
     train, val = synthetic.dataset_items(spec, "train", "val")
     store = client.buckets["bkt"].store
     expected = {item.name for item in train + val}
@@ -288,4 +288,4 @@ def test_upload_dataset_with_fake_client(layout: str) -> None:
     item = train[-1]
     assert store[item.name][0] == synthetic.make_jpeg(item.label, item.index, spec, "train")
     # Re-uploading into the now existing bucket does not try to create it again.
-    synthetic.upload_dataset("bkt", spec, client=client, workers=2, progress=False)
+    synthetic_store.upload_dataset("bkt", spec, client=client, workers=2, progress=False)
