@@ -22,7 +22,7 @@ from hivedata.gcs.auth import token_source
 from hivedata.gcs.json_client import GcsJsonClient, ObjectMeta
 from hivedata.gcs.paths import parse_gcs_url, storage_endpoint
 from hivedata.sources.base import BucketSource, CacheKey
-from hivedata.sources.labels import NoImagesError, label_flat
+from hivedata.sources.labels import NoImagesError, label_flat, parse_labels  # noqa: F401 (parse_labels: its old home)
 from hivedata.sources.read_plan import DEFAULT_MAX_GAP, ReadPlan, plan_whole_objects
 
 log = logging.getLogger(__name__)

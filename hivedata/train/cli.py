@@ -12,8 +12,6 @@ from pathlib import Path
 
 from hivedata.train.config import fill_defaults, parse_args
 
-SHARD_SOURCES = (".index.npz", "/*.tar")  # the loader reads these itself; check_data() lists plain prefixes only
-
 
 def data_error(exc: BaseException, args: argparse.Namespace, stage: str | None = None) -> str | None:
     """'train.py: error: <flag>: <what is wrong>' for a configuration or data-location error; None for a bug.
@@ -36,22 +34,19 @@ def data_error(exc: BaseException, args: argparse.Namespace, stage: str | None =
 
 
 def check_data(args: argparse.Namespace) -> str | None:
-    """Indexes the training and validation prefixes before the swarm starts (the loaders then find them cached).
+    """Opens the training and validation sources before the swarm starts (listings are cached for the loaders).
 
     Returns data_error()'s line when a flag points at the wrong data, so that a misconfigured peer never joins.
     """
-    from hivedata.sources.prefix import load_index
+    from hivedata.gcs.paths import storage_endpoint
+    from hivedata.sources import SourceOptions, open_source
 
-    if args.train_prefix.endswith(SHARD_SOURCES):
-        return None
-    progress = args.progress and sys.stderr.isatty()
     stage = "train"
     try:
-        train = load_index(f"gs://{args.bucket}/{args.train_prefix}", progress=progress)
-        if not args.val_prefix.endswith(SHARD_SOURCES):
-            stage = "val"
-            load_index(f"gs://{args.bucket}/{args.val_prefix}", classes=train.classes, labels=args.val_labels,
-                       progress=progress)
+        train = open_source(f"gs://{args.bucket}/{args.train_prefix}", SourceOptions(storage_endpoint(None), "auto"))
+        stage = "val"
+        open_source(f"gs://{args.bucket}/{args.val_prefix}",
+                    SourceOptions(storage_endpoint(None), "auto", classes=train.classes, labels=args.val_labels))
     except Exception as e:  # only our own data-location errors are answered; anything else is a bug: re-raised
         line = data_error(e, args, stage)
         if line is None:

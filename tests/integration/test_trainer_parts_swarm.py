@@ -14,11 +14,11 @@ from hivemind.averaging.control import AveragingStage
 from torch import nn
 
 from hivedata.tools.synthetic import SyntheticSpec
-from hivedata.tools.synthetic_store import upload_dataset
 from hivedata.train.config import fill_defaults, parse_args
 from hivedata.train.parts import build_data, build_parts, build_swarm
 from hivedata.train.swarm import PeerRegistry, fetch_announced, peer_seed
 from hivedata.train.swarm_optimizer import SwarmOptimizer, leave_swarm
+from tests.support.buckets import dataset_bucket
 
 pytestmark = pytest.mark.slow
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -37,10 +37,7 @@ def flags(bucket: str, run_id: str, *extra: str):
 
 @pytest.fixture(scope="module")
 def data_bucket(gcs_emulator) -> str:
-    name = "trainer-parts"
-    gcs_emulator.create_bucket(name)
-    upload_dataset(name, SPEC, train_prefix="train", val_prefix="val", progress=False)
-    return name
+    return dataset_bucket(gcs_emulator, "trainer-parts", SPEC)
 
 
 def test_swarm_factory_registers_announces_and_leaves(data_bucket):

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from hivedata.tools.synthetic import SyntheticSpec
-from hivedata.tools.synthetic_store import upload_dataset
 from hivedata.train.config import fill_defaults, parse_args
 from hivedata.train.schedule import lr_lambda
+from tests.support.buckets import dataset_bucket
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -31,10 +31,7 @@ TRAIN_SAMPLES = SPEC.num_classes * SPEC.train_per_class  # 96: 12 batches of 8, 
 
 @pytest.fixture(scope="module")
 def data_bucket(gcs_emulator) -> str:
-    name = "trainer-state"
-    gcs_emulator.create_bucket(name)
-    upload_dataset(name, SPEC, train_prefix="train", val_prefix="val", progress=False)
-    return name
+    return dataset_bucket(gcs_emulator, "trainer-state", SPEC)
 
 
 def small_args(bucket: str, run_id: str, *flags: str):
