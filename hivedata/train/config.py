@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max_minutes", type=float, default=None, help="stop after this long (checkpointing first)")
     t.add_argument("--target_accuracy", type=float, default=None,
                    help="stop once validation top-1 reaches this (0..1)")
+    t.add_argument("--log_every", type=int, default=None,
+                   help="metrics row and progress every N steps (default: 1; 20 on CUDA, where reading the loss "
+                        "each step would make the GPU wait for the host)")
     v = p.add_argument_group("validation")
     v.add_argument("--val_every", type=int, default=None, help="validate every N global epochs")
     v.add_argument("--val_batches", type=int, default=None, help="at most this many validation batches")
@@ -82,7 +85,7 @@ def validate(args: argparse.Namespace) -> list[str]:
     """Problems with a combination of flags (empty when fine)."""
     problems = []
     for name in ("batch_size", "target_batch_size", "image_size", "val_every", "val_batches", "num_workers",
-                 "block_size"):
+                 "block_size", "log_every"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             problems.append(f"--{name} must be positive, got {value}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hivedata.train.metrics import MetricsLog
 from hivedata.train.parts import TrainerParts, bn_buffers, build_parts, pick_device
+from hivedata.train.step_log import RunningLoss, default_log_every
 from hivedata.train.swarm_optimizer import SwarmOptimizer
 
 if TYPE_CHECKING:
@@ -30,20 +32,26 @@ METRIC_FIELDS = ["step", "time", "loss", "samples_per_s", "global_epoch", "peers
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Loader, max_batches: int | None) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy over at most max_batches validation batches."""
+    """Top-1 and top-5 accuracy over at most max_batches validation batches (bf16 autocast on CUDA).
+
+    The counts stay on the device until the end: one host sync per validation, not one per batch.
+    """
     was_training = model.training
     model.eval()
-    correct1 = correct5 = total = 0
+    correct1 = correct5 = torch.zeros((), dtype=torch.int64)
+    total = 0
     for i, (images, labels) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        top5 = model(images).topk(min(5, model.fc.out_features), dim=1).indices
-        correct1 += int((top5[:, 0] == labels).sum())
-        correct5 += int((top5 == labels[:, None]).any(dim=1).sum())
+        with torch.autocast("cuda", dtype=torch.bfloat16) if images.is_cuda else contextlib.nullcontext():
+            logits = model(images)
+        top5 = logits.topk(min(5, model.fc.out_features), dim=1).indices
+        correct1 = correct1.to(top5.device) + (top5[:, 0] == labels).sum()
+        correct5 = correct5.to(top5.device) + (top5 == labels[:, None]).any(dim=1).sum()
         total += len(labels)
     loader.set_epoch(0)  # validation always reads the same batches
     model.train(was_training)
-    return correct1 / max(total, 1), correct5 / max(total, 1)
+    return int(correct1) / max(total, 1), int(correct5) / max(total, 1)
 
 
 class Trainer:
@@ -126,9 +134,10 @@ class Trainer:
         done = False
         validated_at = None
         logged_group = None  # the group size last logged: an epoch's line is logged when it changes
+        log_every = default_log_every(self.device, args.log_every)
+        running = RunningLoss()
         self.model.train()
         while not done:
-            t_batch = time.perf_counter()
             for images, labels in self.train_loader:
                 if autocast is not None:
                     with autocast:
@@ -139,12 +148,16 @@ class Trainer:
                 self.opt.step()
                 self.opt.zero_grad()
                 step += 1
-                now = time.perf_counter()
-                row = {"step": step, "time": round(time.time() - start, 3), "loss": loss.item(),
-                       "samples_per_s": len(labels) / max(now - t_batch, 1e-9), "global_epoch": self.opt.local_epoch,
+                running.add(loss, len(labels))
+                if self._should_stop(start):
+                    done = True
+                if step % log_every and self.opt.local_epoch == epoch_seen and not done:
+                    continue  # no host sync on this step: the loss stays on the device
+                mean_loss, rate = running.take()
+                row = {"step": step, "time": round(time.time() - start, 3), "loss": mean_loss,
+                       "samples_per_s": rate, "global_epoch": self.opt.local_epoch,
                        "peers": self.opt.tracker.global_progress.num_peers,
                        "lr": self.opt.opt.param_groups[0]["lr"]}
-                t_batch = now
                 bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['samples_per_s']:.0f}", peers=row["peers"],
                                 lr=f"{row['lr']:.3g}", refresh=False)
                 if self.opt.local_epoch != epoch_seen:
@@ -163,7 +176,7 @@ class Trainer:
                     st = self.train_loader.stats()
                     row.update({f"loader_{k}": st.get(k) for k in ("images_per_s", "skipped", "retries", "wait_s")})
                     self.metrics.write(row)
-                if self._should_stop(start):
+                if done or self._should_stop(start):  # again: a validation may just have reached the target
                     done = True
                     break
         if self.stop_reason is not None:  # e.g. SIGTERM on a preempted VM: save now, skip validation

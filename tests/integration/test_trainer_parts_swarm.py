@@ -89,6 +89,25 @@ def test_a_trainer_runs_on_parts_built_beforehand(data_bucket, tmp_path):
     assert not parts.swarm.dht.is_alive() and PeerRegistry(data_bucket, "given-parts").live_peers() == []
 
 
+def test_metrics_rows_come_every_log_every_steps_and_at_each_global_epoch(data_bucket, tmp_path):
+    from hivedata.train.metrics import read_metrics
+    from hivedata.train.trainer import Trainer
+
+    args = flags(data_bucket, "log-every", "--metrics", str(tmp_path / "m.jsonl"), "--log_every", "3",
+                 "--epochs", "1")
+    trainer = Trainer(args, loopback=True)
+    try:
+        summary = trainer.run()  # 1 pass over 48 samples in steps of 8: 6 steps, 3 global epochs of 16
+    finally:
+        trainer.close()
+    rows = read_metrics(str(tmp_path / "m.jsonl"))
+    steps = [r["step"] for r in rows]
+    epoch_rows = [r for r in rows if r.get("averaged_with") is not None]
+    assert summary["global_epoch"] == 3 and len(epoch_rows) == 3  # every global epoch has its row
+    assert all(r["step"] % 3 == 0 or r.get("averaged_with") is not None or r["step"] == steps[-1] for r in rows)
+    assert len(rows) < 6 and all(r["loss"] > 0 and r["samples_per_s"] > 0 for r in rows)
+
+
 # -- SwarmOptimizer with real averagers --------------------------------------------------------------------------
 def tiny_optimizer(dht: hivemind.DHT, run_id: str, **kwargs) -> tuple[nn.Module, SwarmOptimizer]:
     model = nn.Linear(6, 3)
