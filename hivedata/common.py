@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 # file extensions (lower case, no dot) read as images; anything else in a prefix or a shard is not a sample
 IMAGE_EXTENSIONS = ("jpeg", "jpg", "png", "webp")
@@ -13,6 +16,23 @@ def is_image_name(name: str) -> bool:
     """True when `name` ends in one of IMAGE_EXTENSIONS (any case)."""
     base = name.rsplit("/", 1)[-1]
     return "." in base and base.rsplit(".", 1)[1].lower() in IMAGE_EXTENSIONS
+
+
+def back_to_back(sizes: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Offsets (int64) of items of `sizes` laid end to end: 0, sizes[0], sizes[0] + sizes[1], ..."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    offsets = np.zeros(len(sizes), dtype=np.int64)
+    if len(sizes) > 1:
+        np.cumsum(sizes[:-1], out=offsets[1:])
+    return offsets
+
+
+def string_blob(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings as one UTF-8 blob (uint8) and len + 1 offsets into it: compact to keep and to save."""
+    encoded = [s.encode() for s in strings]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
 
 
 def parse_size(text: str) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hivedata import _native
+from hivedata.common import back_to_back
 from hivedata.gcs.auth import token_source
 from hivedata.gcs.paths import storage_endpoint
 
@@ -215,9 +216,7 @@ class Fetcher:
         sizes_arr = np.asarray(sizes, dtype=np.int64)
         if len(sizes_arr) != len(objects):
             raise ValueError(f"{len(objects)} objects but {len(sizes_arr)} sizes")
-        offsets = np.zeros(len(sizes_arr), dtype=np.int64)
-        if len(sizes_arr) > 1:
-            np.cumsum(sizes_arr[:-1], out=offsets[1:])
+        offsets = back_to_back(sizes_arr)
         total = int(sizes_arr.sum())
         if arena is None:
             arena = np.empty(total, dtype=np.uint8)

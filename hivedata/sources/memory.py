@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from hivedata.common import back_to_back
 from hivedata.sources.base import CacheKey, SampleSource
 from hivedata.sources.read_plan import DEFAULT_MAX_GAP, ReadPlan, Span
 
@@ -40,7 +41,7 @@ class MemorySource:
                    names: Sequence[str] | None = None) -> MemorySource:
         """Samples given as bytes (tests, small datasets)."""
         sizes = np.array([len(s) for s in samples], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(sizes) else sizes
+        offsets = back_to_back(sizes)
         arena = np.frombuffer(b"".join(samples), dtype=np.uint8).copy()
         return cls(arena, offsets, sizes, np.asarray(labels), classes, names=names)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from hivedata.common import IMAGE_EXTENSIONS as COMMON_IMAGE_EXTENSIONS
-from hivedata.common import cache_root
+from hivedata.common import cache_root, string_blob
 from hivedata.errors import DataFormatError, IndexStaleError, ObjectNotFoundError
 from hivedata.gcs.auth import token_source
 from hivedata.gcs.json_client import GcsJsonClient, ObjectMeta
@@ -115,10 +115,7 @@ class Index(BucketSource):
     def from_entries(cls, bucket: str, prefix: str, classes: Sequence[str], entries: Sequence[ObjectMeta],
                      labels: Sequence[int], *, endpoint: str = "", folders: Sequence[str] = ()) -> Index:
         """Builds an index from listed objects and their labels (kept in the given order)."""
-        encoded = [e.name.encode() for e in entries]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(b) for b in encoded], out=offsets[1:])
-        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+        blob, offsets = string_blob([e.name for e in entries])
         return cls(bucket=bucket, prefix=prefix, classes=list(classes), names_blob=blob, name_offsets=offsets,
                    sizes=np.array([e.size for e in entries], dtype=np.int64),
                    generations=np.array([e.generation for e in entries], dtype=np.int64),

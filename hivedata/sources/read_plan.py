@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from hivedata.common import back_to_back
+
 DEFAULT_MAX_GAP = 64 * 1024  # read up to this many unneeded bytes to save a request
 DEFAULT_MAX_SPAN = 64 * 1024 * 1024  # and never ask for more than this in one GET
 
@@ -63,9 +65,7 @@ def plan_whole_objects(sizes: np.ndarray, present: np.ndarray | None = None, *, 
                        names: Sequence[str] | None = None, generations: Sequence[int] | None = None) -> ReadPlan:
     """One GET per object (names[i], generations[i]), laid out back to back; `present`: needs no GET."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    offsets = np.zeros(len(sizes), dtype=np.int64)
-    if len(sizes) > 1:
-        np.cumsum(sizes[:-1], out=offsets[1:])
+    offsets = back_to_back(sizes)
     sz, off = sizes.tolist(), offsets.tolist()
     pres = present.tolist() if present is not None else [False] * len(sz)
     gens = list(generations) if generations is not None else [0] * len(sz)

@@ -19,19 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from hivedata.common import string_blob
 from hivedata.errors import DataFormatError, IndexStaleError
 from hivedata.sources.base import BucketSource, CacheKey
 from hivedata.sources.read_plan import DEFAULT_MAX_GAP, ReadPlan, plan_ranges
 
 log = logging.getLogger(__name__)
 SHARD_INDEX_FORMAT = 1
-
-
-def _blob(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    encoded = [s.encode() for s in strings]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets
 
 
 @dataclass
@@ -140,7 +134,7 @@ class ShardIndex(BucketSource):
               shard_sizes: Sequence[int], shard_generations: Sequence[int], samples: Sequence[tuple],
               endpoint: str = "") -> ShardIndex:
         """From shard metadata and (shard number, start, size, label, key) per sample."""
-        keys_blob, key_offsets = _blob([s[4] for s in samples])
+        keys_blob, key_offsets = string_blob([s[4] for s in samples])
         col = list(zip(*samples, strict=True)) if samples else [[], [], [], [], []]
         return cls(bucket=bucket, prefix=prefix, classes=list(classes), shard_names=list(shard_names),
                    shard_sizes=np.array(shard_sizes, dtype=np.int64),

@@ -34,25 +34,28 @@ def data_error(exc: BaseException, args: argparse.Namespace, stage: str | None =
 
 
 def check_data(args: argparse.Namespace) -> str | None:
-    """Opens the training and validation sources before the swarm starts (listings are cached for the loaders).
+    """data_error()'s line when a flag points at the wrong data, else None (see open_checked)."""
+    return open_checked(args)[0]
 
-    Returns data_error()'s line when a flag points at the wrong data, so that a misconfigured peer never joins.
+
+def open_checked(args: argparse.Namespace) -> tuple[str | None, tuple | None]:
+    """Opens the training and validation sources before the swarm starts, so a misconfigured peer never joins.
+
+    Returns (data_error()'s line, None) when a flag points at the wrong data, else (None, (train, val)) for the
+    trainer to read from (each is opened once).
     """
-    from hivedata.gcs.paths import storage_endpoint
-    from hivedata.sources import SourceOptions, open_source
+    from hivedata.train.parts import open_train_source, open_val_source
 
     stage = "train"
     try:
-        train = open_source(f"gs://{args.bucket}/{args.train_prefix}", SourceOptions(storage_endpoint(None), "auto"))
+        train = open_train_source(args)
         stage = "val"
-        open_source(f"gs://{args.bucket}/{args.val_prefix}",
-                    SourceOptions(storage_endpoint(None), "auto", classes=train.classes, labels=args.val_labels))
+        return None, (train, open_val_source(args, train.classes))
     except Exception as e:  # only our own data-location errors are answered; anything else is a bug: re-raised
         line = data_error(e, args, stage)
         if line is None:
             raise
-        return line
-    return None
+        return line, None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")  # read by hivemind at import
+    sources = None  # the embedded default and its extra peers open theirs in the trainer
     if args.bucket is not None and not args.embedded_peer:
-        problem = check_data(args)
+        problem, sources = open_checked(args)
         if problem is not None:
             print(problem, file=sys.stderr)
             return 2
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics:
         Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
     try:
-        trainer = Trainer(args, loopback=embedded)
+        trainer = Trainer(args, loopback=embedded, sources=sources)
     except Exception as e:  # data a flag points at, found wrong while the loaders are built (shard sources)
         line = data_error(e, args)
         if line is None:

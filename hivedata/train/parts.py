@@ -31,6 +31,7 @@ from hivedata.train.swarm_optimizer import SwarmOptimizer, leave_swarm
 
 if TYPE_CHECKING:
     from hivedata.loader.loader import Loader
+    from hivedata.sources import SampleSource
 
 log = logging.getLogger("hivedata.train")
 
@@ -155,19 +156,42 @@ def data_seed(resume_state: dict[str, Any] | None, peer_id: str, base_seed: int)
     return peer_seed(peer_id, base_seed)
 
 
+def open_train_source(args: argparse.Namespace) -> SampleSource:
+    """The source gs://<bucket>/<train_prefix> names (listed, or its shard index read)."""
+    from hivedata.gcs.paths import storage_endpoint
+    from hivedata.sources import SourceOptions, open_source
+
+    return open_source(f"gs://{args.bucket}/{args.train_prefix}", SourceOptions(storage_endpoint(None), "auto"))
+
+
+def open_val_source(args: argparse.Namespace, classes: list[str]) -> SampleSource:
+    """The source gs://<bucket>/<val_prefix> names, labelled with the training classes (and --val_labels)."""
+    from hivedata.gcs.paths import storage_endpoint
+    from hivedata.sources import SourceOptions, open_source
+
+    return open_source(f"gs://{args.bucket}/{args.val_prefix}",
+                       SourceOptions(storage_endpoint(None), "auto", classes=classes, labels=args.val_labels))
+
+
 def build_data(args: argparse.Namespace, *, device: torch.device, peer_id: str,
-               resume_state: dict[str, Any] | None = None) -> Data:
-    """The loaders of gs://<bucket>/<train_prefix> and <val_prefix> (validation uses the training classes)."""
+               resume_state: dict[str, Any] | None = None,
+               sources: tuple[SampleSource, SampleSource] | None = None) -> Data:
+    """The loaders of gs://<bucket>/<train_prefix> and <val_prefix> (validation uses the training classes).
+
+    `sources`: (train, val) already opened (train.py opens them to check the flags before joining the swarm).
+    """
     from hivedata.loader.loader import Loader
 
     seed = data_seed(resume_state, peer_id, args.seed)
     channels_last = device.type == "cuda"
-    train = Loader(f"gs://{args.bucket}/{args.train_prefix}", batch_size=args.batch_size, train=True,
+    train_source = sources[0] if sources is not None else f"gs://{args.bucket}/{args.train_prefix}"
+    train = Loader(train_source, batch_size=args.batch_size, train=True,
                    image_size=args.image_size, backend=args.backend, device=str(device), seed=seed,
                    workers=args.num_workers, shuffle=args.shuffle, block_size=args.block_size,
                    cache_dir=args.cache_dir, cache_size=args.cache_size, channels_last=channels_last)
     try:
-        val = Loader(f"gs://{args.bucket}/{args.val_prefix}", batch_size=args.batch_size, train=False,
+        val_source = sources[1] if sources is not None else f"gs://{args.bucket}/{args.val_prefix}"
+        val = Loader(val_source, batch_size=args.batch_size, train=False,
                      image_size=args.image_size, backend=args.backend, device=str(device),
                      classes=train.index.classes, labels=args.val_labels, workers=args.num_workers,
                      channels_last=channels_last)
@@ -209,15 +233,20 @@ def build_learner(args: argparse.Namespace, *, dht: hivemind.DHT, device: torch.
     return Learner(model=model, forward=forward, opt=opt, total_global_epochs=total)
 
 
-def build_parts(args: argparse.Namespace, *, loopback: bool = False) -> TrainerParts:
-    """All parts from the flags: swarm, checkpoints, data, then model and optimizer (seeded by --seed)."""
+def build_parts(args: argparse.Namespace, *, loopback: bool = False,
+                sources: tuple[SampleSource, SampleSource] | None = None) -> TrainerParts:
+    """All parts from the flags: swarm, checkpoints, data, then model and optimizer (seeded by --seed).
+
+    `sources`: the (train, val) data sources when already opened, else opened from the flags.
+    """
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     swarm = build_swarm(args, loopback=loopback)
     data = None
     try:
         checkpoints = build_checkpoints(args)
-        data = build_data(args, device=device, peer_id=swarm.peer_id, resume_state=checkpoints.resume_state)
+        data = build_data(args, device=device, peer_id=swarm.peer_id, resume_state=checkpoints.resume_state,
+                          sources=sources)
         learner = build_learner(args, dht=swarm.dht, device=device, num_classes=len(data.train.index.classes),
                                 train_samples=len(data.train.index))
     except BaseException:

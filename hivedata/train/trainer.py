@@ -20,6 +20,7 @@ from hivedata.train.swarm_optimizer import SwarmOptimizer
 
 if TYPE_CHECKING:
     from hivedata.loader.loader import Loader
+    from hivedata.sources import SampleSource
 
 __all__ = ["METRIC_FIELDS", "SwarmOptimizer", "Trainer", "bn_buffers", "evaluate", "pick_device"]
 
@@ -57,9 +58,10 @@ def evaluate(model: torch.nn.Module, loader: Loader, max_batches: int | None) ->
 class Trainer:
     """One peer's training loop over its parts (hivedata.train.parts), built from train.py's flags unless given."""
 
-    def __init__(self, args: argparse.Namespace, *, loopback: bool = False, parts: TrainerParts | None = None) -> None:
+    def __init__(self, args: argparse.Namespace, *, loopback: bool = False, parts: TrainerParts | None = None,
+                 sources: tuple[SampleSource, SampleSource] | None = None) -> None:
         self.args = args
-        self.parts = parts if parts is not None else build_parts(args, loopback=loopback)
+        self.parts = parts if parts is not None else build_parts(args, loopback=loopback, sources=sources)
         self.device = self.parts.device
         swarm = self.parts.swarm
         self.dht, self.peer_id, self.registry = swarm.dht, swarm.peer_id, swarm.registry

@@ -66,8 +66,8 @@ def test_whole_objects_back_to_back():
 
 
 def _plan(spans, offsets=(0, 60), sizes=(40, 40), arena_size=200):
-    """A ReadPlan of two samples with hand-made spans (start, length, offset, present, members[, object])."""
-    typed = [Span(s[5] if len(s) > 5 else "shard.tar", 0, s[0], s[1], s[2], tuple(s[4]), s[3]) for s in spans]
+    """A ReadPlan of two samples with hand-made spans (start, length, offset, present, members) of shard.tar."""
+    typed = [Span("shard.tar", 0, s[0], s[1], s[2], tuple(s[4]), s[3]) for s in spans]
     return ReadPlan("b", np.array(offsets[:len(sizes)]), np.array(sizes), arena_size, typed)
 
 
