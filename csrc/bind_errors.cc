@@ -29,6 +29,8 @@ const char* ClassName(ErrorKind kind) {
       return "ImageTooLargeError";
     case ErrorKind::kUnsupportedImage:
       return "UnsupportedImageError";
+    case ErrorKind::kTls:
+      return "TlsError";
     case ErrorKind::kHttp:
     case ErrorKind::kNetwork:
     case ErrorKind::kOk:
@@ -68,7 +70,8 @@ void BindErrors(py::module_& m) {
       .value("NOT_JPEG", ErrorKind::kNotJpeg)
       .value("CORRUPT_IMAGE", ErrorKind::kCorruptImage)
       .value("IMAGE_TOO_LARGE", ErrorKind::kImageTooLarge)
-      .value("UNSUPPORTED_IMAGE", ErrorKind::kUnsupportedImage);
+      .value("UNSUPPORTED_IMAGE", ErrorKind::kUnsupportedImage)
+      .value("TLS", ErrorKind::kTls);
 }
 
 }  // namespace hivedata

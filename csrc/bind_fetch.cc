@@ -13,6 +13,7 @@
 
 #include "bind_buffers.h"
 #include "bind_errors.h"
+#include "bind_transport.h"
 #include "crc32c.h"
 #include "fetch_engine.h"
 #include "gcs_url.h"
@@ -84,7 +85,7 @@ class PyFetchEngine {
     std::vector<FetchResult> out;
     auto start = std::chrono::steady_clock::now();
     while (true) {
-      if (e->Outstanding() == 0) break;
+      if (e->Outstanding() == 0 || e->TokenWanted()) break;
       double remaining = kWaitSlice;
       if (timeout) {
         double spent = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -118,22 +119,12 @@ class PyFetchEngine {
   size_t Outstanding() { return Engine()->Outstanding(); }
 
   py::dict Stats() {
-    EngineStats s = Engine()->Stats();
     py::dict d;
-    d["submitted"] = s.submitted;
-    d["succeeded"] = s.succeeded;
-    d["failed"] = s.failed;
-    d["retries"] = s.retries;
-    d["bytes"] = s.bytes;
-    d["http_retryable"] = s.http_retryable;
-    d["network_errors"] = s.network_errors;
-    d["checksum_failures"] = s.checksum_failures;
-    d["in_flight"] = s.in_flight;
-    d["queued"] = s.queued;
-    d["latency_p50_s"] = s.latency_p50_s;
-    d["latency_p99_s"] = s.latency_p99_s;
+    AddEngineStats(d, Engine()->Stats(), "");
     return d;
   }
+
+  bool TokenWanted() { return Engine()->TokenWanted(); }
 
   void Close() {
     if (engine_) {
@@ -186,29 +177,11 @@ void BindFetch(py::module_& m) {
       });
 
   py::class_<PyFetchEngine>(m, "FetchEngine")
-      .def(py::init([](const std::string& endpoint, int max_in_flight, int max_connections, int max_attempts,
-                       double retry_budget_s, double backoff_base_s, double backoff_max_s, double connect_timeout_s,
-                       double request_timeout_s, double low_speed_time_s, bool verify_crc32c,
-                       const std::string& user_agent) {
-             EngineOptions o;
-             o.endpoint = endpoint;
-             o.max_in_flight = max_in_flight;
-             o.max_connections = max_connections;
-             o.max_attempts = max_attempts;
-             o.retry_budget_s = retry_budget_s;
-             o.backoff_base_s = backoff_base_s;
-             o.backoff_max_s = backoff_max_s;
-             o.connect_timeout_s = connect_timeout_s;
-             o.request_timeout_s = request_timeout_s;
-             o.low_speed_time_s = low_speed_time_s;
-             o.verify_crc32c = verify_crc32c;
-             o.user_agent = user_agent;
-             return std::make_unique<PyFetchEngine>(std::move(o));
+      .def(py::init([](const std::string& endpoint, const py::kwargs& kw) {
+             return std::make_unique<PyFetchEngine>(EngineOptionsFrom(endpoint, kw));
            }),
-           py::kw_only(), py::arg("endpoint"), py::arg("max_in_flight") = 64, py::arg("max_connections") = 64,
-           py::arg("max_attempts") = 8, py::arg("retry_budget_s") = 60.0, py::arg("backoff_base_s") = 0.05,
-           py::arg("backoff_max_s") = 5.0, py::arg("connect_timeout_s") = 10.0, py::arg("request_timeout_s") = 120.0,
-           py::arg("low_speed_time_s") = 30.0, py::arg("verify_crc32c") = true, py::arg("user_agent") = "hivedata")
+           py::kw_only(), py::arg("endpoint"),
+           "Transport options by keyword, named like EngineOptions' fields (csrc/fetch_engine.h).")
       .def("set_token", &PyFetchEngine::SetToken, py::arg("token"))
       .def("submit", &PyFetchEngine::Submit, py::arg("requests"))
       .def("poll", &PyFetchEngine::Poll, py::arg("max") = static_cast<size_t>(1) << 20, py::arg("timeout") = py::none())
@@ -216,6 +189,8 @@ void BindFetch(py::module_& m) {
       .def("stats", &PyFetchEngine::Stats)
       .def("close", &PyFetchEngine::Close)
       .def_property_readonly("outstanding", &PyFetchEngine::Outstanding)
+      .def_property_readonly("token_wanted", &PyFetchEngine::TokenWanted,
+                             "True while a request refused with 401 waits for set_token(a fresh token)")
       .def_property_readonly("closed", &PyFetchEngine::closed);
 
   m.def(

@@ -12,6 +12,7 @@
 
 #include "bind_augment.h"
 #include "bind_buffers.h"
+#include "bind_transport.h"
 #include "bind_errors.h"
 #include "pipeline.h"
 
@@ -109,7 +110,7 @@ class PyPipeline {
     bool got = false;
     auto start = std::chrono::steady_clock::now();
     while (!got) {
-      if (p->Outstanding() == 0) return py::none();
+      if (p->Outstanding() == 0 || p->TokenWanted()) return py::none();
       double slice = kWaitSlice;
       if (timeout) {
         double spent = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -139,6 +140,7 @@ class PyPipeline {
 
   void CancelAll() { Get()->CancelAll(); }
   size_t Outstanding() { return Get()->Outstanding(); }
+  bool TokenWanted() { return Get()->TokenWanted(); }
 
   py::dict Stats() {
     PipelineStats s = Get()->Stats();
@@ -158,6 +160,12 @@ class PyPipeline {
     d["fetch_latency_p50_s"] = s.fetch.latency_p50_s;
     d["fetch_latency_p99_s"] = s.fetch.latency_p99_s;
     d["fetch_in_flight"] = s.fetch.in_flight;
+    d["hedges"] = s.fetch.hedges;
+    d["hedge_wins"] = s.fetch.hedge_wins;
+    d["connects"] = s.fetch.connects;
+    d["first_byte_timeouts"] = s.fetch.first_byte_timeouts;
+    d["token_refreshes"] = s.fetch.token_refreshes;
+    d["http2"] = s.fetch.http2;
     return d;
   }
 
@@ -190,27 +198,17 @@ void BindPipeline(py::module_& m) {
       .def_readonly("failed", &PyBatchResult::failed, "[(sample index, exception)] of the failed samples")
       .def_readonly("decode_s", &PyBatchResult::decode_s, "decode thread time summed over the batch");
   py::class_<PyPipeline>(m, "Pipeline")
-      .def(py::init([](const std::string& endpoint, const AugmentParams& augment, int max_in_flight,
-                       int max_connections, int max_attempts, double retry_budget_s, double backoff_base_s,
-                       double backoff_max_s, double request_timeout_s, int threads, bool decode) {
+      .def(py::init([](const std::string& endpoint, const AugmentParams& augment, int threads, bool decode,
+                       const py::kwargs& kw) {
              PipelineOptions o;
-             o.fetch.endpoint = endpoint;
-             o.fetch.max_in_flight = max_in_flight;
-             o.fetch.max_connections = max_connections;
-             o.fetch.max_attempts = max_attempts;
-             o.fetch.retry_budget_s = retry_budget_s;
-             o.fetch.backoff_base_s = backoff_base_s;
-             o.fetch.backoff_max_s = backoff_max_s;
-             o.fetch.request_timeout_s = request_timeout_s;
+             o.fetch = EngineOptionsFrom(endpoint, kw);
              o.threads = threads;
              o.decode = decode;
              o.augment = augment;
              return std::make_unique<PyPipeline>(std::move(o));
            }),
-           py::kw_only(), py::arg("endpoint"), py::arg("augment") = AugmentParams(), py::arg("max_in_flight") = 64,
-           py::arg("max_connections") = 64, py::arg("max_attempts") = 8, py::arg("retry_budget_s") = 60.0,
-           py::arg("backoff_base_s") = 0.05, py::arg("backoff_max_s") = 5.0, py::arg("request_timeout_s") = 120.0,
-           py::arg("threads") = 0, py::arg("decode") = true)
+           py::kw_only(), py::arg("endpoint"), py::arg("augment") = AugmentParams(), py::arg("threads") = 0,
+           py::arg("decode") = true, "Transport options by keyword, as for FetchEngine.")
       .def("set_token", &PyPipeline::SetToken, py::arg("token"))
       .def("submit", &PyPipeline::Submit, py::arg("batch_id"), py::arg("plan"), py::arg("seeds"), py::arg("arena"),
            py::arg("out"))
@@ -218,7 +216,9 @@ void BindPipeline(py::module_& m) {
       .def("cancel_all", &PyPipeline::CancelAll)
       .def("stats", &PyPipeline::Stats)
       .def("close", &PyPipeline::Close)
-      .def_property_readonly("outstanding", &PyPipeline::Outstanding);
+      .def_property_readonly("outstanding", &PyPipeline::Outstanding)
+      .def_property_readonly("token_wanted", [](PyPipeline& p) { return p.TokenWanted(); },
+                             "True while a GET refused with 401 waits for set_token(a fresh token)");
 }
 
 }  // namespace hivedata

@@ -21,15 +21,29 @@ namespace hivedata {
 
 struct EngineOptions {
   std::string endpoint;           // e.g. "https://storage.googleapis.com" or "http://127.0.0.1:4443"
-  int max_in_flight = 64;         // transfers handed to libcurl at once
-  int max_connections = 64;       // keep-alive connection pool size
+  int max_in_flight = 256;        // GETs in flight at once (a cap: callers submit what they need)
+  // Connection pool bound; -1: chosen per protocol (HTTP/2: max_in_flight / streams_per_connection
+  // connections, HTTP/1.1: one per GET in flight). With HTTP/1.1, in flight never exceeds it.
+  int max_connections = -1;
+  int streams_per_connection = 32;  // HTTP/2: streams multiplexed on one connection before another opens
+  int http_version = 2;             // 2: HTTP/2 where TLS offers it (ALPN), else 1.1; 1: HTTP/1.1 only
+  std::string ca_bundle;            // PEM file of trusted CAs; empty: libcurl's default store
   int max_attempts = 8;           // per request, first try included
   double retry_budget_s = 60.0;   // per request: no retry starts after this much time
   double backoff_base_s = 0.05;   // first retry waits up to this (full jitter), doubling each time
   double backoff_max_s = 5.0;
   double connect_timeout_s = 10.0;
   double request_timeout_s = 120.0;  // one attempt, first byte to last
-  double low_speed_time_s = 30.0;    // abort an attempt that stalls (< 1 KB/s) this long
+  double low_speed_time_s = 5.0;     // abort (and retry) an attempt that stalls (< 1 KB/s) this long
+  double first_byte_timeout_s = 5.0; // abort (and retry) an attempt with no response headers after this
+  // Hedging: a GET still running after clamp(hedge_multiple * running p90, hedge_min_s, hedge_max_s)
+  // gets a second GET for the same bytes; the first to finish wins. At most hedge_budget of the requests
+  // (plus a small burst) are hedged. 0 disables it.
+  double hedge_budget = 0.02;
+  double hedge_multiple = 3.0;
+  double hedge_min_s = 0.25;
+  double hedge_max_s = 1.0;
+  double token_wait_s = 10.0;        // after a 401: how long to wait for a refreshed token (SetToken)
   bool verify_crc32c = true;         // whole-object reads only
   std::string user_agent = "hivedata";
 };
@@ -60,6 +74,10 @@ struct EngineStats {
   uint64_t submitted = 0, succeeded = 0, failed = 0, retries = 0, bytes = 0;
   uint64_t http_retryable = 0, network_errors = 0, checksum_failures = 0;
   uint64_t in_flight = 0, queued = 0;
+  uint64_t hedges = 0, hedge_wins = 0;       // second GETs started; of them, those that finished first
+  uint64_t connects = 0;                     // connections opened (TLS handshakes on https)
+  uint64_t first_byte_timeouts = 0, token_refreshes = 0;
+  uint64_t http2 = 0;                        // responses that came over HTTP/2
   double latency_p50_s = 0.0, latency_p99_s = 0.0;
 };
 
@@ -77,6 +95,8 @@ class FetchEngine {
   size_t Poll(std::vector<FetchResult>* out, size_t max, double timeout_s);
   // Finishes every queued and in-flight request with kCancelled.
   void CancelAll();
+  // True while a request waits for a new token after a 401: call SetToken with a refreshed one.
+  bool TokenWanted() const;
   EngineStats Stats() const;
   // Requests submitted and not yet taken by Poll.
   size_t Outstanding() const;

@@ -20,6 +20,7 @@ enum class ErrorKind : int {
   kCorruptImage = 11,    // a JPEG that libjpeg could not decode (truncated, damaged)
   kImageTooLarge = 12,   // more pixels than the decompression-bomb limit
   kUnsupportedImage = 13,  // a JPEG colour space or layout we do not convert
+  kTls = 14,               // the server's certificate could not be verified (not retried)
 };
 
 struct FetchStatus {

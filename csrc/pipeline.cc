@@ -372,6 +372,11 @@ size_t Pipeline::Outstanding() const {
   return state_->outstanding.load();
 }
 
+bool Pipeline::TokenWanted() const {
+  if (owner_pid_ != getpid()) return false;
+  return state_->engine.TokenWanted();
+}
+
 PipelineStats Pipeline::Stats() const {
   PipelineStats st;
   if (owner_pid_ != getpid()) return st;

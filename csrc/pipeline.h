@@ -82,6 +82,7 @@ class Pipeline {
   // Cancels every unfinished fetch and decode; the batches still complete (with kCancelled samples).
   void CancelAll();
   size_t Outstanding() const;  // batches submitted and not yet polled
+  bool TokenWanted() const;    // a GET refused with 401 waits for SetToken (a fresh token)
   PipelineStats Stats() const;
   const PipelineOptions& options() const { return options_; }
 

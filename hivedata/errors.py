@@ -54,6 +54,10 @@ class BufferTooSmallError(FetchError, ValueError):
     """The object is larger than the buffer it was to be read into."""
 
 
+class TlsError(FetchError):
+    """The server's TLS certificate could not be verified with the CA bundle in use (never retried)."""
+
+
 class FetchCancelledError(FetchError):
     """The request was cancelled before it finished."""
 

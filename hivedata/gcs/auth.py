@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from hivedata.gcs.paths import DEFAULT_ENDPOINT
+from hivedata.gcs.tls import check_token_transport
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,12 @@ class TokenSource:
         """True when requests carry no Authorization header."""
         return self._creds is None
 
-    def token(self) -> str:
-        """A token valid for at least a few more minutes, or "" when anonymous."""
+    def token(self, force: bool = False) -> str:
+        """A token valid for at least a few more minutes, or "" when anonymous; force: a fresh one (after a 401)."""
         if self._creds is None:
             return ""
         with self._lock:
-            if self._needs_refresh():
+            if force or self._needs_refresh():
                 import google.auth.transport.requests
 
                 self._creds.refresh(google.auth.transport.requests.Request())
@@ -80,3 +81,23 @@ class TokenSource:
 def token_source(credentials: Any, endpoint: str) -> TokenSource:
     """`credentials` ("auto", "anonymous", a google.auth Credentials or a TokenSource) as a TokenSource."""
     return credentials if isinstance(credentials, TokenSource) else TokenSource(credentials, endpoint=endpoint)
+
+
+class TokenFeed:
+    """Keeps a native engine's bearer token current: renewed before it expires, refreshed at once after a 401."""
+
+    def __init__(self, tokens: TokenSource, endpoint: str, set_token: Any) -> None:
+        self._tokens, self._endpoint, self._set = tokens, endpoint, set_token
+        self._last: str | None = None
+
+    def update(self, rejected: bool = False) -> None:
+        """Hands the engine the current token; rejected=True (the engine saw a 401) forces a fresh one."""
+        tok = self._tokens.token(force=rejected)
+        check_token_transport(self._endpoint, tok)
+        if rejected or tok != self._last:
+            self._set(tok)
+            self._last = tok
+
+    def forget(self) -> None:
+        """The engine was rebuilt (a forked child): hand the token again on the next update."""
+        self._last = None

@@ -15,8 +15,9 @@ import numpy as np
 
 from hivedata import _native
 from hivedata.common import back_to_back
-from hivedata.gcs.auth import token_source
+from hivedata.gcs.auth import TokenFeed, token_source
 from hivedata.gcs.paths import storage_endpoint
+from hivedata.gcs.transport import Transport
 
 
 @dataclass(frozen=True)
@@ -87,37 +88,47 @@ class Fetcher:
     Configuration guide (all keyword-only):
       endpoint          None: STORAGE_EMULATOR_HOST if set, else https://storage.googleapis.com.
       credentials       "auto" (ADC; anonymous for an emulator or without ADC), "anonymous", or
-                        a google.auth Credentials object.
-      max_in_flight     transfers at once (64). Raise for high-latency links, lower for small machines.
-      max_connections   keep-alive pool size (defaults to max_in_flight).
+                        a google.auth Credentials object. A token never travels over plain http to
+                        another machine (refused); a 401 fetches a fresh token once and retries.
+      ca_bundle         PEM file of trusted CAs (else CURL_CA_BUNDLE / SSL_CERT_FILE / REQUESTS_CA_BUNDLE,
+                        else the system store); a certificate that fails is a TlsError, not retried.
+      http_version      "2" (default; streams over a few connections) or "1.1".
+      max_in_flight     GETs at once (256). max_connections: None = per protocol (see Transport).
       max_attempts      tries per request, first included (8); retry_budget_s bounds their total time.
       backoff_base_s /  exponential backoff with full jitter between tries; 429 honours Retry-After.
       backoff_max_s
-      request_timeout_s one attempt's limit; low_speed_time_s aborts an attempt stalled below 1 KB/s.
+      request_timeout_s one attempt's limit; low_speed_time_s aborts an attempt stalled below 1 KB/s and
+                        first_byte_timeout_s one with no response; both are retried.
+      hedge_budget      share of GETs that may get a hedged second GET when slow (0.02; 0 disables).
       verify_crc32c     check whole-object reads against x-goog-hash (True).
+      transport         a hivedata.gcs.transport.Transport instead of the keywords above.
 
     One `fetch()` iteration at a time per Fetcher; use several Fetchers for concurrent streams.
     """
 
     def __init__(self, bucket: str, *, endpoint: str | None = None, credentials: Any = "auto",
-                 max_in_flight: int = 64, max_connections: int | None = None, max_attempts: int = 8,
-                 retry_budget_s: float = 60.0, backoff_base_s: float = 0.05, backoff_max_s: float = 5.0,
-                 connect_timeout_s: float = 10.0, request_timeout_s: float = 120.0,
-                 low_speed_time_s: float = 30.0, verify_crc32c: bool = True) -> None:
+                 ca_bundle: str | os.PathLike | None = None, http_version: str = "2", max_in_flight: int = 256,
+                 max_connections: int | None = None, max_attempts: int = 8, retry_budget_s: float = 60.0,
+                 backoff_base_s: float = 0.05, backoff_max_s: float = 5.0, connect_timeout_s: float = 10.0,
+                 request_timeout_s: float = 120.0, low_speed_time_s: float = 5.0, first_byte_timeout_s: float = 5.0,
+                 hedge_budget: float = 0.02, verify_crc32c: bool = True, transport: Transport | None = None) -> None:
         global _atexit_registered
         if not bucket:
             raise ValueError("bucket name is empty")
         self.bucket = bucket
         self.endpoint = storage_endpoint(endpoint)
         self._tokens = token_source(credentials, self.endpoint)
-        self._engine = _native.FetchEngine(
-            endpoint=self.endpoint, max_in_flight=max_in_flight,
-            max_connections=max_connections or max_in_flight, max_attempts=max_attempts,
-            retry_budget_s=retry_budget_s, backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s,
-            connect_timeout_s=connect_timeout_s, request_timeout_s=request_timeout_s,
-            low_speed_time_s=low_speed_time_s, verify_crc32c=verify_crc32c)
-        self.max_in_flight = max_in_flight
-        self._token = None
+        if transport is None:
+            transport = Transport(
+                ca_bundle=ca_bundle, http_version=http_version, max_in_flight=max_in_flight,
+                max_connections=max_connections, max_attempts=max_attempts, retry_budget_s=retry_budget_s,
+                backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s, connect_timeout_s=connect_timeout_s,
+                request_timeout_s=request_timeout_s, low_speed_time_s=low_speed_time_s,
+                first_byte_timeout_s=first_byte_timeout_s, hedge_budget=hedge_budget, verify_crc32c=verify_crc32c)
+        self.transport = transport
+        self._engine = _native.FetchEngine(endpoint=self.endpoint, **transport.native(self.endpoint))
+        self.max_in_flight = transport.max_in_flight
+        self._feed = TokenFeed(self._tokens, self.endpoint, self._engine.set_token)
         self._busy = threading.Lock()
         self._pid = os.getpid()
         _live.add(self)
@@ -126,14 +137,8 @@ class Fetcher:
             _atexit_registered = True
 
     # -- plumbing ---------------------------------------------------------------------------------------
-    def _refresh_token(self) -> None:
-        tok = self._tokens.token()
-        if tok != self._token:
-            self._engine.set_token(tok)
-            self._token = tok
-
     def _submit(self, items: list[tuple[int, ReadRequest, Any]]) -> None:
-        self._refresh_token()
+        self._feed.update()
         self._engine.submit([(tag, self.bucket, r.object, r.start, r.length, r.generation, buf)
                              for tag, r, buf in items])
 
@@ -158,7 +163,7 @@ class Fetcher:
             raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
         if os.getpid() != self._pid:  # forked child: the parent's iteration does not exist here
             self._busy = threading.Lock()
-            self._token = None
+            self._feed.forget()
             self._pid = os.getpid()
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this Fetcher is already iterating a fetch(); use one Fetcher per stream")
@@ -193,7 +198,10 @@ class Fetcher:
                 self._submit(batch)
             if not pending:
                 break
-            for res in self._engine.poll():
+            results = self._engine.poll()
+            if self._engine.token_wanted:  # a GET was refused with 401: it waits for a fresh token
+                self._feed.update(rejected=True)
+            for res in results:
                 index, r, buf = pending.pop(res.tag)
                 if res.ok:
                     data = memoryview(buf).cast("B")[:res.nbytes] if buf is not None else memoryview(res.data)

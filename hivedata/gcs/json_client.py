@@ -12,6 +12,7 @@ import requests
 
 from hivedata.errors import FetchError, ObjectNotFoundError, ObjectPermissionError
 from hivedata.gcs.auth import TokenSource
+from hivedata.gcs.tls import ca_bundle, check_token_transport
 
 RETRYABLE = {408, 429, 500, 502, 503, 504}
 
@@ -45,11 +46,20 @@ class GcsJsonClient:
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
+        # Passed with every request: requests lets REQUESTS_CA_BUNDLE override a session's own setting.
+        self._verify: str | bool = (ca_bundle(endpoint=endpoint) if endpoint.startswith("https://") else None) or True
+
+    def _headers(self) -> dict[str, str]:
+        headers = self.tokens.headers()
+        if headers:
+            check_token_transport(self.endpoint, headers["Authorization"])
+        return headers
 
     def _get(self, url: str, params: dict | None, what: str, bucket: str, obj: str | None = None) -> requests.Response:
         for attempt in range(1, self.max_attempts + 1):
             try:
-                r = self._session.get(url, params=params, headers=self.tokens.headers(), timeout=self.timeout)
+                r = self._session.get(url, params=params, headers=self._headers(), timeout=self.timeout,
+                                      verify=self._verify)
             except (requests.ConnectionError, requests.Timeout) as e:
                 if attempt == self.max_attempts:
                     raise FetchError(f"network error {what}: {e}", bucket=bucket, object=obj) from e

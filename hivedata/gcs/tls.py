@@ -8,17 +8,32 @@ from urllib.parse import urlsplit
 
 from hivedata.errors import HivedataError
 
-# Checked in this order after an explicit ca_bundle: curl's, OpenSSL's, then requests' convention.
-CA_BUNDLE_VARIABLES = ("CURL_CA_BUNDLE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+# Checked in this order after an explicit ca_bundle: requests' order first (REQUESTS_CA_BUNDLE, then
+# CURL_CA_BUNDLE), so the engine and every requests-based client agree; then OpenSSL's SSL_CERT_FILE.
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 
 
 class TlsConfigError(HivedataError):
     """A CA bundle that does not exist, or a token that would travel in clear text."""
 
 
-def ca_bundle(explicit: str | os.PathLike | None = None) -> str | None:
-    """The CA bundle file to verify servers with: `explicit`, else the first set variable, else None (system)."""
-    for origin, value in [("ca_bundle", explicit)] + [(v, os.environ.get(v)) for v in CA_BUNDLE_VARIABLES]:
+_trusted: dict[str, str] = {}  # endpoint -> CA bundle given for it (Loader/Fetcher ca_bundle, train.py --ca_bundle)
+
+
+def trust(endpoint: str, bundle: str | os.PathLike) -> str:
+    """Remembers `bundle` for every later client of `endpoint` (listings, metadata, writes); returns its path."""
+    path = ca_bundle(bundle)
+    _trusted[endpoint.rstrip("/")] = path
+    return path
+
+
+def ca_bundle(explicit: str | os.PathLike | None = None, endpoint: str | None = None) -> str | None:
+    """The CA bundle to verify servers with: `explicit`, else one trusted for `endpoint`, else the first set
+    variable (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, SSL_CERT_FILE), else None (the system store)."""
+    given = [("ca_bundle", explicit)]
+    if endpoint is not None:
+        given.append((f"the bundle trusted for {endpoint}", _trusted.get(endpoint.rstrip("/"))))
+    for origin, value in given + [(v, os.environ.get(v)) for v in CA_BUNDLE_VARIABLES]:
         if value is None or str(value).strip() == "":
             continue
         path = os.fspath(value)

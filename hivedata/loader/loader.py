@@ -15,6 +15,8 @@ from hivedata import _native
 from hivedata.errors import HivedataError
 from hivedata.gcs.auth import token_source
 from hivedata.gcs.paths import storage_endpoint
+from hivedata.gcs.tls import trust
+from hivedata.gcs.transport import Transport
 from hivedata.loader.decoders.base import DEFAULT_MAX_PIXELS, Augment
 from hivedata.loader.decoders.strategy import (
     DecodeSettings,
@@ -60,7 +62,12 @@ class Loader:
       coalesce_gap        shard members at most this many bytes apart share one ranged GET.
       cache_dir           a local disk cache of fetched bytes (size-bounded LRU by cache_size, shared
                           safely by processes); None: no cache.
-      workers             decode threads (default: all cores); max_in_flight: concurrent GETs.
+      workers             decode threads (default: all cores).
+      max_in_flight       cap on concurrent GETs (256); what is in flight follows the read-ahead.
+      ca_bundle           PEM file of CAs to trust for the endpoint (a private CA, a TLS proxy); else
+                          CURL_CA_BUNDLE / SSL_CERT_FILE / REQUESTS_CA_BUNDLE, else the system store.
+      http_version        "2" (HTTP/2 over TLS, streams spread over a few connections) or "1.1";
+                          transport: a hivedata.gcs.transport.Transport for every other knob.
       prefetch            batches prepared ahead; the ring holds prefetch + 2 slots.
       on_error            "skip" (a bad sample is replaced by a copy of a good one from the same batch and
                           counted in stats()), "raise", or a callable(exc) that raises to stop or returns to skip.
@@ -79,10 +86,11 @@ class Loader:
                  normalize: bool = True, mean: tuple[float, float, float] = IMAGENET_MEAN,
                  std: tuple[float, float, float] = IMAGENET_STD, scale: tuple[float, float] = (0.08, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5, eval_crop_ratio: float = 0.875,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_in_flight: int = 64, in_memory: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_in_flight: int = 256, in_memory: bool = False,
                  shard: int = 0, num_shards: int = 1, block_size: int = 64, shuffle_window: int | None = None,
                  coalesce_gap: int = DEFAULT_MAX_GAP, cache_dir: str | os.PathLike | None = None,
-                 cache_size: int | str = "20GB") -> None:
+                 cache_size: int | str = "20GB", ca_bundle: str | os.PathLike | None = None,
+                 http_version: str = "2", transport: Transport | None = None) -> None:
         self.failures = FailurePolicy(on_error)
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
@@ -95,6 +103,10 @@ class Loader:
         self.augment = Augment(out_h=h, out_w=w, train=train, scale=scale, ratio=ratio,
                                flip_p=flip_p if train else 0.0, eval_crop_ratio=eval_crop_ratio, max_pixels=max_pixels)
         self.endpoint = storage_endpoint(endpoint)
+        if ca_bundle is not None:  # every client of this endpoint (listing, metadata, shards) trusts it too
+            trust(self.endpoint, ca_bundle)
+        self.transport = transport or Transport(ca_bundle=ca_bundle, http_version=http_version,
+                                                max_in_flight=max_in_flight)
         self._tokens = token_source(credentials, self.endpoint)
         self.source: SampleSource = open_source(source, SourceOptions(self.endpoint, self._tokens, classes, labels))
         if in_memory:
@@ -196,7 +208,7 @@ class Loader:
                                                                        self.batch_size, self.seed))
         if self._pipeline is None:
             self._pipeline = Pipeline(endpoint=self.endpoint, augment=self.augment, decode=self._decode.fused,
-                                      threads=self.workers, max_in_flight=self.max_in_flight)
+                                      threads=self.workers, transport=self.transport, tokens=self._tokens)
         if self._ring is None:
             pin = self.device.type == "cuda"
             self._ring = Ring(self.prefetch + 2, self.batch_size, self.augment.out_h, self.augment.out_w, pin=pin)
@@ -213,7 +225,6 @@ class Loader:
         plan = self.source.prefill(plan, arena)
         seeds = [_native.sample_seed(self.seed, epoch, i) for i in indices.tolist()]
         self._in_flight[batch_no] = (k, indices, plan, arena, seeds)
-        self._pipeline.set_token(self._tokens.token())
         self._pipeline.submit(batch_no, plan, seeds, arena, slot.images.numpy() if self._decode.fused else None)
 
     def _finish(self, r: BatchResult) -> tuple[int, np.ndarray]:

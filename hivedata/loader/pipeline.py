@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from hivedata import _native
+from hivedata.gcs.auth import TokenFeed, TokenSource
+from hivedata.gcs.transport import Transport
 from hivedata.loader.decoders.base import Augment
 from hivedata.sources.read_plan import ReadPlan
 
@@ -22,13 +24,11 @@ BatchResult = _native.PipelineResult  # batch_id, nbytes per sample, failed [(sa
 class Pipeline:
     """Fetch (and, with decode=True, decode) batches on native threads; the GIL is released while waiting."""
 
-    def __init__(self, *, endpoint: str, augment: Augment, decode: bool, threads: int, max_in_flight: int) -> None:
-        self._native = _native.Pipeline(endpoint=endpoint, augment=augment.native(), max_in_flight=max_in_flight,
-                                         max_connections=max_in_flight, threads=threads, decode=decode)
-
-    def set_token(self, token: str) -> None:
-        """The bearer token for the next GETs ("" when anonymous)."""
-        self._native.set_token(token)
+    def __init__(self, *, endpoint: str, augment: Augment, decode: bool, threads: int, transport: Transport,
+                 tokens: TokenSource) -> None:
+        self._native = _native.Pipeline(endpoint=endpoint, augment=augment.native(), threads=threads, decode=decode,
+                                         **transport.native(endpoint))
+        self._feed = TokenFeed(tokens, endpoint, self._native.set_token)
 
     def submit(self, batch_id: int, plan: ReadPlan, seeds: Sequence[int], arena: np.ndarray,
                out: np.ndarray | None) -> None:
@@ -36,11 +36,16 @@ class Pipeline:
 
         `arena` and `out` must stay untouched until the batch is polled.
         """
+        self._feed.update()
         self._native.submit(batch_id, plan, seeds, arena, out)
 
     def poll(self, timeout: float | None = None) -> BatchResult | None:
         """The next finished batch; None when nothing is outstanding or none finished within `timeout`."""
-        return self._native.poll(timeout=timeout)
+        while True:
+            r = self._native.poll(timeout=timeout)
+            if r is not None or not self._native.token_wanted:
+                return r
+            self._feed.update(rejected=True)  # a GET was refused with 401: it waits for a fresh token
 
     @property
     def outstanding(self) -> int:

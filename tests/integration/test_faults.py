@@ -98,20 +98,27 @@ def test_forbidden_is_permission_error_and_not_retried(bucket, objects, proxy):
 def test_token_is_sent_but_never_shown(bucket, objects, proxy):
     from hivedata.gcs.auth import TokenSource
 
-    class Creds:  # a google.auth-like credentials object with a fixed token
+    class Creds:  # a google.auth-like credentials object; each refresh hands out a new token
         token = "ya29.SECRET-TOKEN-VALUE"
         expiry = None
+        refreshes = 0
 
-        def refresh(self, request):  # pragma: no cover - never expires
-            pass
+        def refresh(self, request):
+            Creds.refreshes += 1
+            self.token = f"ya29.SECRET-TOKEN-VALUE-{Creds.refreshes}"
 
-    proxy.add_fault("status", status=401, count=1)
+    proxy.add_fault("status", status=401, count=1)  # an expired token: refreshed once, then the read succeeds
     with Fetcher(bucket, endpoint=proxy.url, credentials=TokenSource(Creds()), **FAST_RETRY) as f:
-        with pytest.raises(PermissionError) as ei:
-            f.read(sorted(objects)[0])
-        assert f.read(sorted(objects)[1]) == objects[sorted(objects)[1]]
+        assert f.read(sorted(objects)[0]) == objects[sorted(objects)[0]]
+        assert Creds.refreshes == 1 and f.stats()["token_refreshes"] == 1
+        assert proxy.last_headers.get("authorization") == "Bearer ya29.SECRET-TOKEN-VALUE-1"
+        proxy.add_fault("status", status=401, count=2)  # refused again with the fresh token: an error
+        with pytest.raises(PermissionError, match="HTTP 401") as ei:
+            f.read(sorted(objects)[1])
+        assert Creds.refreshes == 2
+        assert f.read(sorted(objects)[2]) == objects[sorted(objects)[2]]
     assert "SECRET" not in str(ei.value) and "SECRET" not in repr(ei.value)
-    assert proxy.last_headers.get("authorization") == "Bearer ya29.SECRET-TOKEN-VALUE"
+    assert ei.value.object == sorted(objects)[1]
 
 
 def test_checksum_mismatch_is_retried_then_reported(bucket, objects, proxy):
