@@ -41,3 +41,32 @@ def emulator(gcs_emulator):
 def bucket(gcs_bucket) -> str:
     """A fresh, empty bucket."""
     return gcs_bucket
+
+
+def _support(module: str):
+    """Imports tests.support.<module> (the repository root may not be on sys.path under plain `pytest`)."""
+    import importlib
+    import sys
+
+    try:
+        return importlib.import_module(f"tests.support.{module}")
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        return importlib.import_module(f"tests.support.{module}")
+
+
+@pytest.fixture(scope="session")
+def https_gcs(tmp_path_factory: pytest.TempPathFactory):
+    """An HTTPS fake-gcs-server (private CA) with bucket `tls-test` of a few small JPEGs (tests/support/tls.py).
+
+    Its .url is https://127.0.0.1:port, .ca the CA file, .bucket/.objects the data; STORAGE_EMULATOR_HOST
+    is left alone (it keeps naming the plain HTTP emulator).
+    """
+    with _support("tls").https_gcs(tmp_path_factory.mktemp("tls")) as gcs:
+        yield gcs
+
+
+@pytest.fixture(scope="session")
+def wrong_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ca.pem of a second, unrelated private CA: verifying https_gcs against it must fail."""
+    return _support("tls").make_tls(tmp_path_factory.mktemp("tls-other"), ca_name="unrelated test CA").ca
