@@ -69,8 +69,14 @@ class Loader:
       http_version        "2" (HTTP/2 over TLS, streams spread over a few connections) or "1.1";
                           transport: a hivedata.gcs.transport.Transport for every other knob.
       prefetch            batches prepared ahead; the ring holds prefetch + 2 slots.
-      on_error            "skip" (a bad sample is replaced by a copy of a good one from the same batch and
-                          counted in stats()), "raise", or a callable(exc) that raises to stop or returns to skip.
+      on_error            what to do with an image that arrived but does not decode (BadImageError): "skip" (it
+                          is replaced by a copy of a good one from the same batch and counted in stats()
+                          "skipped"), "raise", or a callable(exc) that raises to stop or returns to skip.
+      max_missing         samples per epoch that may fail to download (HTTP 401/403/404/410, network errors,
+                          checksum mismatches after retries): a fraction of the epoch's samples (float in (0, 1),
+                          rounded down) or a count (int). 0 (default): the first one raises, naming it. Within
+                          the budget they are replaced like skipped ones, counted in stats() "missing" and
+                          logged; on_error does not apply to them. The count restarts with every epoch.
       dtype / channels_last / normalize / mean / std   the output format (uint8 when normalize=False).
       classes, labels     class map and labels file for validation sets (see hivedata.sources.prefix.load_index).
       in_memory           read every sample once into RAM, then decode from there.
@@ -81,6 +87,7 @@ class Loader:
                  image_size: int | tuple[int, int] = 224, backend: str = "auto", device: str | torch.device = "cpu",
                  seed: int = 0, shuffle: bool | str | None = None, drop_last: bool | None = None,
                  workers: int | None = None, prefetch: int = 2, on_error: str | Callable[[BaseException], Any] = "skip",
+                 max_missing: int | float = 0,
                  classes: list[str] | None = None, labels: str | None = None, endpoint: str | None = None,
                  credentials: Any = "auto", dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  normalize: bool = True, mean: tuple[float, float, float] = IMAGENET_MEAN,
@@ -91,7 +98,7 @@ class Loader:
                  coalesce_gap: int = DEFAULT_MAX_GAP, cache_dir: str | os.PathLike | None = None,
                  cache_size: int | str = "20GB", ca_bundle: str | os.PathLike | None = None,
                  http_version: str = "2", transport: Transport | None = None) -> None:
-        self.failures = FailurePolicy(on_error)
+        self.failures = FailurePolicy(on_error, max_missing)
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         if in_memory and cache_dir is not None:
@@ -162,6 +169,16 @@ class Loader:
         """Reads `epoch` next, from its first batch (an epoch also advances by itself when it completes)."""
         self._epoch, self._position = int(epoch), 0
 
+    def epoch_samples(self) -> int:
+        """Samples this loader yields in an epoch (its shard's batches; the short last one when it keeps it)."""
+        s = self.sampler
+        total = s.total_batches()
+        n = len(self) * s.batch_size
+        tail = s.n % s.batch_size
+        if not s.drop_last and tail and (total - 1) % s.num_shards == s.shard:
+            n -= s.batch_size - tail
+        return n
+
     def state_dict(self) -> dict[str, int]:
         """Where the loader stands: resuming from it yields exactly the remaining batches of the epoch."""
         return {"epoch": self._epoch, "position": self._position, "seed": self.seed,
@@ -182,12 +199,13 @@ class Loader:
         self._epoch, self._position = int(state["epoch"]), int(state["position"])
 
     def stats(self) -> dict[str, Any]:
-        """Per-stage figures: fetch (objects, bytes, retries, latency p50/p99), decode time, slot use, skips."""
+        """Per-stage figures: fetch (objects, bytes, retries, latency p50/p99), decode time, slot use, bad images
+        skipped and unreadable samples replaced (missing)."""
         out: dict[str, Any] = dict(self._stats)
-        out |= {"skipped": self.failures.skipped, "skipped_names": list(self.failures.names)}
         out |= self._decode.stats() if self._decode is not None else {"fallback_decoded": 0, "python_decode_s": 0.0}
         if self._pipeline is not None:
             out |= self._pipeline.stats()
+        out |= self.failures.stats()
         out["backend"] = self.backend
         out["slots"] = len(self._ring) if self._ring else self.prefetch + 2
         # mean share of the ring holding batches in flight when the consumer asked for the next one
@@ -254,6 +272,8 @@ class Loader:
         self._drain()
         epoch, start = self._epoch, self._position
         batches = list(self.sampler.batches(epoch, start))
+        if start == 0 or self.failures.epoch != epoch:  # an epoch starts (or resumes here): a fresh budget
+            self.failures.start_epoch(epoch, self.epoch_samples())
         ring = self._ring
         done: dict[int, BatchResult] = {}
         submitted = 0
@@ -292,6 +312,7 @@ class Loader:
                 self._stats["samples"] += n
                 yield images, labels_t
             finished = True
+            self.failures.end_epoch()
             self._epoch, self._position = epoch + 1, 0
             if self.cache is not None:  # the next epoch finds this one's samples in the cache
                 self.cache.flush()

@@ -6,6 +6,23 @@ import argparse
 import os
 
 
+def missing_budget_flag(text: str) -> int | float:
+    """--max_missing's value: an int is a count of samples, anything else a fraction in (0, 1)."""
+    from hivedata.loader.failures import check_max_missing
+
+    try:
+        value: int | float = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    try:
+        return check_max_missing(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All flags, with help text."""
     p = argparse.ArgumentParser(
@@ -32,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--image_size", type=int, default=None, help="training crop size (default 224; 64 embedded)")
     d.add_argument("--backend", default="auto", choices=["auto", "native", "pillow", "dali"], help="decoder")
     d.add_argument("--num_workers", type=int, default=None, help="decode threads (default: all cores)")
+    d.add_argument("--max_missing", type=missing_budget_flag, default=0,
+                   help="samples per epoch that may fail to download (HTTP 401/403/404/410, network errors, "
+                        "checksum mismatches after retries) before the peer stops: a fraction of the epoch "
+                        "(e.g. 0.001) or a count (e.g. 50); each is replaced by another sample of its batch, "
+                        "logged and counted. 0: the first unreadable object stops training, naming it. Images "
+                        "that download but do not decode are always skipped and counted")
     t = p.add_argument_group("training")
     t.add_argument("--arch", default=None, choices=["resnet18", "resnet50"],
                    help="model (default resnet50; resnet18 embedded)")

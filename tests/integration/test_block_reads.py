@@ -105,23 +105,24 @@ def test_coalesced_reads_survive_connection_resets(data, gcs_emulator):
         assert proxy.stats["reset_mid_body"] == 4
 
 
-def test_a_failed_coalesced_read_names_the_shard_and_skips_only_its_samples(data, gcs_emulator):
+def test_a_failed_coalesced_read_names_the_shard_and_replaces_only_its_samples(data, gcs_emulator):
     name, _, _ = data
     with Loader(shards(name), batch_size=40, **BLOCK, **EVAL) as probe:
         victim = probe.index.shard_names[1]
         in_victim = int(np.count_nonzero(probe.index.shard == 1))
     with FaultProxy(gcs_emulator.url) as proxy:
         proxy.add_fault("status", status=403, count=10_000, match=victim)
-        with Loader(shards(name), batch_size=40, endpoint=proxy.url, **BLOCK, **EVAL) as skip:
-            got = sum(len(y) for _, y in skip)
-            st = skip.stats()
-        assert got == N and st["skipped"] == in_victim
-        assert st["fetch_failed"] < st["skipped"]  # one refused GET covered several samples (not split: a 403)
+        with Loader(shards(name), batch_size=40, endpoint=proxy.url, max_missing=in_victim, **BLOCK,
+                    **EVAL) as budgeted:
+            got = sum(len(y) for _, y in budgeted)
+            st = budgeted.stats()
+        assert got == N and st["missing"] == in_victim and st["skipped"] == 0
+        assert st["fetch_failed"] < st["missing"]  # one refused GET covered several samples (not split: a 403)
         assert st["splits"] == 0
-        assert all(victim in s for s in st["skipped_names"])
-        with Loader(shards(name), batch_size=40, endpoint=proxy.url, on_error="raise", **BLOCK,
+        assert all(victim in s for s in st["missing_names"])
+        with Loader(shards(name), batch_size=40, endpoint=proxy.url, **BLOCK,
                     **EVAL) as strict, pytest.raises(PermissionError, match=victim):
-            list(strict)
+            list(strict)  # on_error="skip" (the default) does not cover a refused read
 
 
 def test_a_coalesced_read_past_the_end_is_split_and_only_the_bad_member_is_lost(data):
@@ -131,11 +132,11 @@ def test_a_coalesced_read_past_the_end_is_split_and_only_the_bad_member_is_lost(
     last = int(np.flatnonzero(index.shard == 0)[-1])  # the last member of shard 0, read with its neighbours
     index.sizes = index.sizes.copy()
     index.sizes[last] = int(index.shard_sizes[0]) - int(index.starts[last]) + 4096  # runs past the shard's end
-    with Loader(index, batch_size=N, shuffle=False, on_error="skip", **EVAL) as ld:
+    with Loader(index, batch_size=N, shuffle=False, max_missing=1, **EVAL) as ld:
         (x, y), = list(ld)
         st = ld.stats()
-    assert st["splits"] >= 1 and st["skipped"] == 1
-    assert index.shard_names[0] in st["skipped_names"][0]
+    assert st["splits"] >= 1 and st["missing"] == 1 and st["skipped"] == 0
+    assert index.shard_names[0] in st["missing_names"][0]
     good = [i for i in range(N) if i != last]
     assert torch.equal(x[good], images[good]) and torch.equal(y[good], labels[good])
 

@@ -145,15 +145,18 @@ def test_on_error_callable_sees_each_bad_sample(dataset):
     assert len(seen) == len(HOSTILE_BAD) and all(isinstance(e, BadImageError) for e in seen)
 
 
-def test_missing_object_is_skipped_like_a_bad_image(dataset, gcs_emulator):
+def test_missing_object_raises_unless_max_missing_allows_it(dataset, gcs_emulator):
     gcs_emulator.upload(dataset, "gone/n1/a.JPEG", jpeg(natural_image(100, 100, 1)))
     gcs_emulator.upload(dataset, "gone/n1/b.JPEG", jpeg(natural_image(100, 100, 2)))
     idx = load_index(f"gs://{dataset}/gone")
     idx.names_blob = idx.names_blob.copy()
     idx.names_blob[-6] = ord("z")  # "b.JPEG" -> "z.JPEG": not in the bucket
-    with _loader(idx, batch_size=2, train=False) as ld:
+    with _loader(idx, batch_size=2, train=False) as ld, pytest.raises(FileNotFoundError, match="gone/n1/z.JPEG"):
+        list(ld)
+    with _loader(idx, batch_size=2, train=False, max_missing=1) as ld:
         (x, y), = list(ld)
-        assert ld.stats()["skipped"] == 1 and torch.equal(x[0], x[1])
+        st = ld.stats()
+        assert st["missing"] == 1 and st["skipped"] == 0 and torch.equal(x[0], x[1])
 
 
 @pytest.mark.parametrize("backend", ["pillow", "dali"])

@@ -10,7 +10,8 @@ ORIGINAL_FLAGS = ["--bucket_name", "--train_prefix", "--val_prefix", "--device",
                   "--announce_gcs_path", "--fetch_gcs_path", "--batch_size", "--target_batch_size", "--lr",
                   "--epochs", "--host_port", "--val_every", "--val_batches", "--num_workers"]
 NEW_FLAGS = ["--arch", "--image_size", "--backend", "--run_id", "--checkpoint_dir", "--resume", "--identity_path",
-             "--client_mode", "--announce_maddr", "--matchmaking_time", "--averaging_timeout", "--val_labels"]
+             "--client_mode", "--announce_maddr", "--matchmaking_time", "--averaging_timeout", "--val_labels",
+             "--max_missing"]
 
 
 def test_every_flag_exists_with_help():
@@ -39,6 +40,9 @@ def test_original_flags_keep_their_meaning():
     (["--shuffle", "block", "--block_size", "0"], "--block_size must be positive"),
     (["--cache_dir", "/tmp/c", "--cache_size", "lots"], "--cache_size"),
     (["--shuffle", "blocks"], "invalid choice"),
+    (["--max_missing", "1.5"], "--max_missing"),
+    (["--max_missing", "-1"], "max_missing must be >= 0"),
+    (["--max_missing", "some"], "not a number"),
 ])
 def test_bad_combinations_are_refused_before_anything_starts(argv, message, capsys):
     with pytest.raises(SystemExit) as ei:
@@ -52,3 +56,12 @@ def test_defaults_depend_on_embedded_or_real():
     assert emb.arch == "resnet18" and emb.image_size == 64
     real = fill_defaults(parse_args(["--bucket", "b", "--target_batch_size", "1024"]), embedded=False)
     assert real.arch == "resnet50" and real.image_size == 224 and real.lr == pytest.approx(0.4)
+
+
+def test_max_missing_is_a_count_or_a_fraction_and_none_by_default():
+    assert parse_args([]).max_missing == 0
+    count = parse_args(["--max_missing", "50"]).max_missing
+    fraction = parse_args(["--max_missing", "0.001"]).max_missing
+    assert count == 50 and isinstance(count, int)
+    assert fraction == 0.001 and isinstance(fraction, float)
+    assert "fraction" in next(a.help for a in build_parser()._actions if "--max_missing" in a.option_strings)
