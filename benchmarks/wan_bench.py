@@ -14,7 +14,7 @@ the emulator. The 0 ms row goes through the line too (no delay), so rows differ 
   loader       images/s and client CPU ms per image of Loader(backend="native") on the train transform
                (--loader_seconds or --batches, whichever ends first), and the consumer's wait per batch
                (p50 / p99 of the time next() blocks)
-  engine       what Fetcher.stats() reports (latency p50/p99, retries; `connections` and `hedges` when the
+  engine       what Fetcher.stats() reports (latency p50/p99, retries; `connects`, `http2`, `hedges` when the
                engine has them)
   line CPU     CPU seconds of the delay line process per 1,000 objects of the fetch part (it shares the cores)
 
@@ -82,7 +82,8 @@ FIGURES = {
     "batch_wait_p99_ms": ("wait p99 ms", "{:.1f}"),
     "line_cpu_s_per_1000": ("line CPU s/1k", "{:.3f}"),
 }
-ENGINE_KEYS = ("latency_p50_s", "latency_p99_s", "retries", "network_errors", "connections", "hedges")
+ENGINE_KEYS = ("latency_p50_s", "latency_p99_s", "retries", "network_errors", "connects", "http2", "hedges",
+               "hedge_wins")
 
 
 def upload_corpus(em: Emulator, n: int, distinct: int, seed: int = 0) -> tuple[list[str], int]:
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtt_ms", default="0,50,100", help="comma-separated round-trip times")
     ap.add_argument("--no_direct", action="store_true", help="no row without a delay line (per scheme)")
     ap.add_argument("--schemes", default="http,https")
-    ap.add_argument("--in_flight", type=int, default=64, help="max_in_flight of the Fetcher and the Loader")
+    ap.add_argument("--in_flight", type=int, default=256, help="max_in_flight (the default)")
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--size", type=int, default=224, help="loader output size (train transform)")
     ap.add_argument("--workers", type=int, default=None, help="loader decode threads (default: all cores)")

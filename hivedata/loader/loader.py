@@ -27,6 +27,7 @@ from hivedata.loader.decoders.strategy import (
 )
 from hivedata.loader.failures import FailurePolicy
 from hivedata.loader.pipeline import BatchResult, Pipeline
+from hivedata.loader.readahead import AUTO_MAX, ReadAhead
 from hivedata.loader.ring import Ring, to_device
 from hivedata.loader.sampler import EpochSampler
 from hivedata.sources.base import SampleSource
@@ -35,6 +36,7 @@ from hivedata.sources.read_plan import DEFAULT_MAX_GAP, ReadPlan
 from hivedata.sources.resolve import SourceOptions, open_source
 
 log = logging.getLogger(__name__)
+READAHEAD_BYTES = 2 << 30  # slot memory (decoded images + encoded bytes) that prefetch="auto" may grow to
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
@@ -68,7 +70,9 @@ class Loader:
                           CURL_CA_BUNDLE / SSL_CERT_FILE / REQUESTS_CA_BUNDLE, else the system store.
       http_version        "2" (HTTP/2 over TLS, streams spread over a few connections) or "1.1";
                           transport: a hivedata.gcs.transport.Transport for every other knob.
-      prefetch            batches prepared ahead; the ring holds prefetch + 2 slots.
+      prefetch            batches prepared ahead; the ring holds prefetch + 2 slots. "auto" (default): 2, grown
+                          by Little's law (consumer rate x fetch p99 + decode time) whenever the consumer
+                          waits, within readahead_bytes of slot memory (at most 16 batches).
       on_error            what to do with an image that arrived but does not decode (BadImageError): "skip" (it
                           is replaced by a copy of a good one from the same batch and counted in stats()
                           "skipped"), "raise", or a callable(exc) that raises to stop or returns to skip.
@@ -86,8 +90,8 @@ class Loader:
     def __init__(self, source: str | SampleSource, *, batch_size: int, train: bool,
                  image_size: int | tuple[int, int] = 224, backend: str = "auto", device: str | torch.device = "cpu",
                  seed: int = 0, shuffle: bool | str | None = None, drop_last: bool | None = None,
-                 workers: int | None = None, prefetch: int = 2, on_error: str | Callable[[BaseException], Any] = "skip",
-                 max_missing: int | float = 0,
+                 workers: int | None = None, prefetch: int | str = "auto",
+                 on_error: str | Callable[[BaseException], Any] = "skip", max_missing: int | float = 0,
                  classes: list[str] | None = None, labels: str | None = None, endpoint: str | None = None,
                  credentials: Any = "auto", dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  normalize: bool = True, mean: tuple[float, float, float] = IMAGENET_MEAN,
@@ -99,8 +103,7 @@ class Loader:
                  cache_size: int | str = "20GB", ca_bundle: str | os.PathLike | None = None,
                  http_version: str = "2", transport: Transport | None = None) -> None:
         self.failures = FailurePolicy(on_error, max_missing)
-        if prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        ReadAhead(prefetch)  # checks the value before any work
         if in_memory and cache_dir is not None:
             raise ValueError("in_memory=True reads everything once; a disk cache (cache_dir) does not apply")
         self.device = torch.device(device)
@@ -137,7 +140,9 @@ class Loader:
             self.cache = SampleCache(self.source, cache_dir, cache_size)
         self.backend = resolve_backend(backend, self.device)
         self.workers = workers or os.cpu_count() or 1
-        self.prefetch, self.in_memory, self.max_in_flight = prefetch, in_memory, max_in_flight
+        slot_bytes = batch_size * (h * w * 3 + int(np.mean(self.source.sizes)) if len(self.source) else 0)
+        self.readahead = ReadAhead(prefetch, max_depth=max(2, min(AUTO_MAX, READAHEAD_BYTES // max(1, slot_bytes) - 2)))
+        self.in_memory, self.max_in_flight = in_memory, max_in_flight
         self.dtype, self.channels_last, self.normalize = dtype, channels_last, normalize
         self._mean = torch.tensor(mean, dtype=torch.float32)
         self._std = torch.tensor(std, dtype=torch.float32)
@@ -150,6 +155,11 @@ class Loader:
         self._pid = os.getpid()
         self._stats = {"batches": 0, "samples": 0, "wait_s": 0.0, "ready_on_arrival": 0, "slots_busy_sum": 0}
         self._t_start: float | None = None
+
+    @property
+    def prefetch(self) -> int:
+        """Batches prepared ahead now (grows with prefetch="auto")."""
+        return self.readahead.depth
 
     @property
     def index(self) -> SampleSource:
@@ -208,6 +218,7 @@ class Loader:
         out |= self.failures.stats()
         out["backend"] = self.backend
         out["slots"] = len(self._ring) if self._ring else self.prefetch + 2
+        out["prefetch"] = self.prefetch
         # mean share of the ring holding batches in flight when the consumer asked for the next one
         out["slot_occupancy"] = out.pop("slots_busy_sum") / max(1, out["batches"]) / out["slots"]
         if self._t_start is not None and out["samples"]:
@@ -259,6 +270,12 @@ class Loader:
             self.failures.apply(failed, images, labels, lambda j: names[j])
         return k, labels
 
+    def _arrival_s(self) -> float:
+        """How long one batch takes to arrive: the fetch latency p99 plus its decode time on the workers."""
+        st = self._pipeline.stats()
+        decode = st["decode_s"] / max(1, st["decoded"]) * self.batch_size / max(1, self.workers)
+        return st["fetch_latency_p99_s"] + decode
+
     def _drain(self) -> None:
         if self._pipeline is not None:
             self._pipeline.drain()
@@ -297,7 +314,10 @@ class Loader:
                     if r is None:
                         raise HivedataError("the pipeline lost a batch (nothing outstanding)")
                     done[r.batch_id] = r
-                self._stats["wait_s"] += time.perf_counter() - t0
+                waited = time.perf_counter() - t0
+                self._stats["wait_s"] += waited
+                if waited > 1e-3 and self.readahead.auto:
+                    ring.grow(self.readahead.waited(self._arrival_s()) + 2)
                 k, labels = self._finish(done.pop(b))
                 n = len(labels)
                 images = to_device(ring.slots[k].images[:n], self.device, dtype=self.dtype,
@@ -310,6 +330,7 @@ class Loader:
                 self._position = start + b + 1
                 self._stats["batches"] += 1
                 self._stats["samples"] += n
+                self.readahead.consumed()
                 yield images, labels_t
             finished = True
             self.failures.end_epoch()

@@ -35,9 +35,16 @@ class Ring:
     """K slots lent in turn to the pipeline; a slot returns to the free list once its batch was consumed."""
 
     def __init__(self, slots: int, batch_size: int, height: int, width: int, *, pin: bool) -> None:
-        self.slots = [Slot(torch.empty((batch_size, height, width, 3), dtype=torch.uint8, pin_memory=pin))
-                      for _ in range(slots)]
-        self.free = list(range(slots))
+        self._shape, self._pin = (batch_size, height, width, 3), pin
+        self.slots: list[Slot] = []
+        self.free: list[int] = []
+        self.grow(slots)
+
+    def grow(self, slots: int) -> None:
+        """Adds free slots until the ring holds `slots` (a deeper read-ahead)."""
+        while len(self.slots) < slots:
+            self.free.append(len(self.slots))
+            self.slots.append(Slot(torch.empty(self._shape, dtype=torch.uint8, pin_memory=self._pin)))
 
     def __len__(self) -> int:
         return len(self.slots)

@@ -18,6 +18,10 @@ Fault kinds (``count`` = how many matching requests the rule fires on, in arriva
 * ``"reset_before_response"``: read the request, then RST the client connection without replying.
 * ``"slow_first_byte"``: wait ``delay`` seconds before sending anything back, then forward normally.
 * ``"corrupt_body"``: forward, but flip the bits of the first body byte (length unchanged).
+* ``"ignore_range"``: forward without the request's Range header (the upstream answers 200, whole object).
+* ``"shift_range"``: forward, but answer a 206 with a Content-Range that starts one byte later (body unchanged).
+* ``"stall_mid_body"``: forward, send the headers and ``fraction`` of the body, then send nothing for ``delay``
+  seconds and close the connection (for this kind ``delay`` is the stall, not a wait before acting).
 
 ``delay`` is honoured by every kind (it is waited before the fault acts). ``match`` is a substring of
 the request target (path and query), tested against both the raw and the percent-decoded form, so
@@ -60,7 +64,8 @@ except (ImportError, AttributeError):  # pragma: no cover - non-Linux
 
 __all__ = ["FAULT_KINDS", "FaultProxy"]
 
-FAULT_KINDS = ("status", "reset_mid_body", "reset_before_response", "slow_first_byte", "corrupt_body")
+FAULT_KINDS = ("status", "reset_mid_body", "reset_before_response", "slow_first_byte", "corrupt_body",
+               "ignore_range", "shift_range", "stall_mid_body")
 
 _HOP_BY_HOP = frozenset(
     {
@@ -224,6 +229,13 @@ def _encode_head(start_line: str, headers: Headers) -> bytes:
     return "\r\n".join(lines).encode("latin-1")
 
 
+def _shifted_range(value: str) -> str:
+    """'bytes a-b/n' -> 'bytes a+1-b/n' (a range that is not the one asked for)."""
+    unit, _, rest = value.partition(" ")
+    first, sep, tail = rest.partition("-")
+    return f"{unit} {int(first) + 1}{sep}{tail}" if first.isdigit() else value
+
+
 def _reason(code: int) -> str:
     """Standard reason phrase for a status code."""
     try:
@@ -382,7 +394,7 @@ class _ClientConnection:
             return False
         if fault is not None:
             proxy._count(fault.counter)
-            if fault.delay > 0:
+            if fault.delay > 0 and fault.kind != "stall_mid_body":
                 self._sleep(fault.delay)
             if fault.kind == "reset_before_response":
                 self._reset()
@@ -495,6 +507,8 @@ class _ClientConnection:
         """Forward one request upstream and relay the response; return whether to keep the client."""
         proxy = self.proxy
         out_headers = _strip_hop_by_hop(request.headers)
+        if fault is not None and fault.kind == "ignore_range":
+            out_headers = [(k, v) for k, v in out_headers if k.lower() != "range"]
         if "chunked" in _tokens(request.headers, "transfer-encoding"):
             out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-length"]
             out_headers.append(("Content-Length", str(len(body))))
@@ -536,9 +550,11 @@ class _ClientConnection:
         assert length is not None
         if not request.keep_alive:
             resp_headers.append(("Connection", "close"))
+        if fault is not None and fault.kind == "shift_range":
+            resp_headers = [(k, _shifted_range(v) if k.lower() == "content-range" else v) for k, v in resp_headers]
         head = _encode_head(f"HTTP/1.1 {code} {reason}", resp_headers)
 
-        resetting = fault is not None and fault.kind == "reset_mid_body"
+        resetting = fault is not None and fault.kind in ("reset_mid_body", "stall_mid_body")
         to_send = min(length, int(length * fault.fraction)) if resetting and fault is not None else length
         sent = 0
         pending = head
@@ -568,6 +584,10 @@ class _ClientConnection:
         except OSError:
             raise _Abort("client gone") from None
 
+        if resetting and fault is not None and fault.kind == "stall_mid_body":
+            self._close_upstream()
+            self._sleep(fault.delay)  # the client sees a connection that went silent
+            return False
         if resetting:
             self._close_upstream()  # the rest of the upstream body is abandoned
             self._wait_delivered()
