@@ -25,6 +25,7 @@ if [ $# -eq 0 ]; then
   set -- tests/unit/test_native_basics.py tests/integration/test_fetch.py tests/integration/test_faults.py \
     tests/integration/test_process_hazards.py tests/unit/test_decode.py tests/unit/test_decode_hostile.py \
     tests/integration/test_loader.py tests/integration/test_shards.py tests/integration/test_block_reads.py \
-    tests/unit/test_read_plan.py tests/unit/test_loader_memory.py tests/unit/test_local_source.py -k "not dali"  # DALI's own libraries do not load under ASan
+    tests/unit/test_read_plan.py tests/unit/test_loader_memory.py tests/unit/test_local_source.py \
+    tests/integration/test_transport_faults.py tests/integration/test_https_transport.py -k "not dali"  # DALI's own libraries do not load under ASan
 fi
 "$PY" -P -m pytest -q -p no:cacheprovider "$@"

@@ -58,6 +58,21 @@ def open_checked(args: argparse.Namespace) -> tuple[str | None, tuple | None]:
         return line, None
 
 
+def trust_ca_bundle(args: argparse.Namespace) -> str | None:
+    """Makes every client of the storage endpoint (listings, loaders, checkpoints, the peer registry) trust
+    --ca_bundle; returns the error line when the file is unusable."""
+    if not args.ca_bundle:
+        return None
+    from hivedata.gcs.paths import storage_endpoint
+    from hivedata.gcs.tls import TlsConfigError, trust
+
+    try:
+        trust(storage_endpoint(None), args.ca_bundle)
+    except TlsConfigError as e:
+        return f"train.py: error: --ca_bundle: {e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs one training peer (and, on the embedded default, --peers - 1 more locally)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -70,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("HIVEMIND_LOGLEVEL", "WARNING")  # read by hivemind at import
+    problem = trust_ca_bundle(args)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
     sources = None  # the embedded default and its extra peers open theirs in the trainer
     if args.bucket is not None and not args.embedded_peer:
         problem, sources = open_checked(args)

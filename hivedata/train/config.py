@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--image_size", type=int, default=None, help="training crop size (default 224; 64 embedded)")
     d.add_argument("--backend", default="auto", choices=["auto", "native", "pillow", "dali"], help="decoder")
     d.add_argument("--num_workers", type=int, default=None, help="decode threads (default: all cores)")
+    d.add_argument("--ca_bundle", default=None,
+                   help="PEM file of CAs to trust for the storage endpoint (a private CA, a corporate TLS proxy); "
+                        "default: REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE or SSL_CERT_FILE when set, else the system store")
+    d.add_argument("--http_version", default="2", choices=["2", "1.1"],
+                   help="2: HTTP/2 over TLS, GETs multiplexed over a few connections (real GCS); 1.1: one "
+                        "connection per GET in flight (some proxies)")
     d.add_argument("--max_missing", type=missing_budget_flag, default=0,
                    help="samples per epoch that may fail to download (HTTP 401/403/404/410, network errors, "
                         "checksum mismatches after retries) before the peer stops: a fraction of the epoch "

@@ -25,6 +25,14 @@ def many(https_gcs) -> dict[str, bytes]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _no_trusted_bundles(monkeypatch):
+    """Each test starts with no CA bundle trusted per endpoint (trust() is process-wide)."""
+    from hivedata.gcs import tls
+
+    monkeypatch.setattr(tls, "_trusted", {})
+
+
 @pytest.fixture
 def no_ca_variables(monkeypatch):
     for var in CA_BUNDLE_VARIABLES:
@@ -114,3 +122,17 @@ def test_loader_over_https_with_ca_bundle(https_gcs):
         st = loader.stats()
     assert sum(len(labels) for _, labels in batches) == len(https_gcs.objects)
     assert st["skipped"] == 0 and st["http2"] == len(https_gcs.objects)
+
+
+def test_train_flags_trust_the_ca_bundle(https_gcs, no_ca_variables, tmp_path):
+    from hivedata.train.cli import open_checked, trust_ca_bundle
+    from hivedata.train.config import parse_args
+
+    no_ca_variables.setenv("STORAGE_EMULATOR_HOST", https_gcs.url)
+    bad = parse_args(["--bucket", https_gcs.bucket, "--ca_bundle", str(tmp_path / "missing.pem")])
+    assert "missing.pem" in trust_ca_bundle(bad)
+    args = parse_args(["--bucket", https_gcs.bucket, "--train_prefix", "train", "--val_prefix", "train",
+                       "--ca_bundle", str(https_gcs.ca)])
+    assert trust_ca_bundle(args) is None
+    problem, sources = open_checked(args)  # lists the bucket over HTTPS through the trusted bundle
+    assert problem is None and len(sources[0]) == len(https_gcs.objects)
