@@ -93,7 +93,7 @@ class PyFetchEngine {
       }
       {
         py::gil_scoped_release release;
-        e->Poll(&out, max, std::max(remaining, 0.0));
+        e->Poll(&out, max, std::max(remaining, 0.0), /*wake_for_token=*/true);
       }
       if (!out.empty()) break;
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();

@@ -935,12 +935,13 @@ void FetchEngine::Submit(std::vector<FetchRequest> requests) {
   curl_multi_wakeup(s->multi);
 }
 
-size_t FetchEngine::Poll(std::vector<FetchResult>* out, size_t max, double timeout_s) {
+size_t FetchEngine::Poll(std::vector<FetchResult>* out, size_t max, double timeout_s, bool wake_for_token) {
   State* s = state();
   std::unique_lock<std::mutex> lock(s->mu);
   if (s->results.empty() && timeout_s > 0) {
-    s->results_cv.wait_for(lock, std::chrono::duration<double>(timeout_s),
-                           [s] { return !s->results.empty() || s->token_wanted.load(std::memory_order_relaxed); });
+    s->results_cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [s, wake_for_token] {
+      return !s->results.empty() || (wake_for_token && s->token_wanted.load(std::memory_order_relaxed));
+    });
   }
   size_t n = 0;
   while (n < max && !s->results.empty()) {

@@ -91,8 +91,9 @@ class FetchEngine {
   // Bearer token for new attempts; empty means anonymous. Never logged.
   void SetToken(std::string token);
   void Submit(std::vector<FetchRequest> requests);
-  // Moves up to `max` finished results into `out`, waiting up to `timeout_s` for the first.
-  size_t Poll(std::vector<FetchResult>* out, size_t max, double timeout_s);
+  // Moves up to `max` finished results into `out`, waiting up to `timeout_s` for the first (or, with
+  // wake_for_token, until a request waits for a fresh token: the caller then calls SetToken).
+  size_t Poll(std::vector<FetchResult>* out, size_t max, double timeout_s, bool wake_for_token = false);
   // Finishes every queued and in-flight request with kCancelled.
   void CancelAll();
   // True while a request waits for a new token after a 401: call SetToken with a refreshed one.

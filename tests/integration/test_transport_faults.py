@@ -180,3 +180,22 @@ def test_ranged_read_requests_keep_their_bytes(objects, proxy):
     with Fetcher(bucket, endpoint=proxy.url, **FAST_RETRY) as f:
         got = {it.request.object: bytes(it.data) for it in f.fetch(reqs)}
     assert got == {r.object: data[r.object][r.start:r.start + r.length] for r in reqs}
+
+
+def test_loader_refreshes_a_rejected_token_once(images, proxy):
+    from hivedata.gcs.auth import TokenSource
+
+    class Creds:  # a google.auth-like credentials object; each refresh hands out a new token
+        token, expiry, refreshes = "ya29.FIRST", None, 0
+
+        def refresh(self, request):
+            Creds.refreshes += 1
+            self.token = f"ya29.FRESH-{Creds.refreshes}"
+
+    proxy.add_fault("status", status=401, count=1, match="_7.JPEG")
+    with Loader(f"gs://{images}/train/", endpoint=proxy.url, credentials=TokenSource(Creds()), batch_size=50,
+                train=False, image_size=32, workers=2) as loader:
+        n = sum(len(labels) for _, labels in loader)
+        st = loader.stats()
+    assert n == 200 and st["token_refreshes"] == 1 and Creds.refreshes == 1
+    assert proxy.last_headers.get("authorization", "").startswith("Bearer ya29.FRESH-")
