@@ -3,6 +3,8 @@
 Next to hivedata.gcs.fetch.Fetcher (single reads), this is what the Loader drives: per batch, the plan's
 spans are fetched into the slot's arena (or are there already) and, when the pipeline decodes, every
 sample is decoded, cropped and resized into the slot's images as soon as its bytes have arrived.
+Samples whose crc32c the plan knows are checked before that (and before anyone caches them); one that
+still mismatches after its re-reads fails with a ChecksumError, named here by the plan (`gs://b/s.tar#key`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from hivedata import _native
+from hivedata.errors import ChecksumError
 from hivedata.loader.decoders.base import Augment
 from hivedata.sources.read_plan import ReadPlan
 
@@ -25,6 +28,7 @@ class Pipeline:
     def __init__(self, *, endpoint: str, augment: Augment, decode: bool, threads: int, max_in_flight: int) -> None:
         self._native = _native.Pipeline(endpoint=endpoint, augment=augment.native(), max_in_flight=max_in_flight,
                                          max_connections=max_in_flight, threads=threads, decode=decode)
+        self._plans: dict[int, ReadPlan] = {}  # batch id -> its plan, until polled (names failed samples)
 
     def set_token(self, token: str) -> None:
         """The bearer token for the next GETs ("" when anonymous)."""
@@ -37,10 +41,17 @@ class Pipeline:
         `arena` and `out` must stay untouched until the batch is polled.
         """
         self._native.submit(batch_id, plan, seeds, arena, out)
+        self._plans[batch_id] = plan
 
     def poll(self, timeout: float | None = None) -> BatchResult | None:
         """The next finished batch; None when nothing is outstanding or none finished within `timeout`."""
-        return self._native.poll(timeout=timeout)
+        r = self._native.poll(timeout=timeout)
+        if r is not None:
+            plan = self._plans.pop(r.batch_id, None)
+            for j, exc in r.failed:
+                if plan is not None and isinstance(exc, ChecksumError):
+                    exc.args = (f"{plan.name(j)}: {exc}", *exc.args[1:])
+        return r
 
     @property
     def outstanding(self) -> int:
@@ -53,9 +64,15 @@ class Pipeline:
             self._native.cancel_all()
             while self._native.outstanding:
                 self._native.poll(timeout=1.0)
+        self._plans.clear()
 
     def stats(self) -> dict[str, Any]:
-        """Fetch and decode counters; `batches_submitted` counts what was handed to the pipeline."""
+        """Fetch, integrity and decode counters; `batches_submitted` counts what was handed to the pipeline.
+
+        Integrity: `verified` samples matched their crc32c, `unverified` ones had none to check (whole
+        objects are still checked against GCS's x-goog-hash by the fetch), `checksum_retries` GETs were
+        made again for a mismatch, `checksum_errors` samples failed with ChecksumError.
+        """
         s = self._native.stats()
         s["batches_submitted"] = s.pop("batches")
         return s
