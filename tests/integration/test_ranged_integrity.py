@@ -166,3 +166,18 @@ def test_webdataset_shards_without_crcs_are_read_unverified(packed):
         st = ld.stats()
     assert (st["verified"], st["unverified"], st["skipped"]) == (0, N, 0)
     assert same(got, clean)
+
+
+def test_reads_outside_the_pipeline_read_a_corrupted_member_again_or_fail_named(packed, gcs_emulator):
+    name, url, clean = packed
+    shard, first = victim(url)
+    key = load_shard_index(url).key(first)
+    with FaultProxy(gcs_emulator.url) as proxy:
+        proxy.add_fault("corrupt_body", count=1, match=shard)
+        with Loader(url, batch_size=8, endpoint=proxy.url, in_memory=True, **EVAL) as ld:  # one plan, Fetcher reads
+            assert proxy.stats["corrupt_body"] == 1
+            assert same([(x.clone(), y.clone()) for x, y in ld], clean)
+            assert ld.stats()["verified"] == N  # and checked again in memory
+        proxy.add_fault("corrupt_body", count=10_000, match=shard)
+        with pytest.raises(ChecksumError, match=re.escape(f"gs://{name}/{shard}#{key}: crc32c mismatch")):
+            Loader(url, batch_size=8, endpoint=proxy.url, in_memory=True, **EVAL)
