@@ -36,8 +36,27 @@ struct PyBatchResult {
   double decode_s = 0.0;       // decode thread time summed over the batch
 };
 
-// A Python ReadPlan (hivedata.sources.read_plan) read into the native items and spans: its `offsets` and
-// `sizes` per sample, its `spans` (object, generation, start, length, offset, present, members).
+// Per sample of a Python ReadPlan: its expected crc32c (`crcs`: None, or -1 where a sample has none).
+void ReadCrcs(const py::handle& plan, std::vector<PipelineItem>* items) {
+  const py::object crcs = plan.attr("crcs");
+  if (crcs.is_none()) return;
+  const auto values = crcs.attr("tolist")().cast<std::vector<int64_t>>();
+  if (values.size() != items->size()) {
+    throw py::value_error("the plan has " + std::to_string(values.size()) + " crcs for " +
+                          std::to_string(items->size()) + " samples");
+  }
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (values[i] < -1 || values[i] > int64_t{0xFFFFFFFF}) {
+      throw py::value_error("crc " + std::to_string(values[i]) + " of sample " + std::to_string(i) +
+                            " is neither -1 (none) nor a 32-bit value");
+    }
+    (*items)[i].has_crc = values[i] >= 0;
+    (*items)[i].crc32c = static_cast<uint32_t>(values[i] >= 0 ? values[i] : 0);
+  }
+}
+
+// A Python ReadPlan (hivedata.sources.read_plan) read into the native items and spans: its `offsets`,
+// `sizes` and `crcs` per sample, its `spans` (object, generation, start, length, offset, present, members).
 void ReadPlan(const py::handle& plan, const std::vector<uint64_t>& seeds, std::vector<PipelineItem>* items,
               std::vector<PipelineSpan>* spans) {
   const auto offsets = plan.attr("offsets").attr("tolist")().cast<std::vector<uint64_t>>();
@@ -48,6 +67,7 @@ void ReadPlan(const py::handle& plan, const std::vector<uint64_t>& seeds, std::v
   }
   items->resize(seeds.size());
   for (size_t i = 0; i < seeds.size(); ++i) (*items)[i] = PipelineItem{seeds[i], offsets[i], sizes[i]};
+  ReadCrcs(plan, items);
   const py::sequence in = plan.attr("spans");
   spans->resize(in.size());
   for (size_t k = 0; k < in.size(); ++k) {
@@ -153,6 +173,10 @@ class PyPipeline {
     d["gets"] = s.gets;
     d["present"] = s.present;
     d["splits"] = s.splits;
+    d["verified"] = s.verified;
+    d["unverified"] = s.unverified;
+    d["checksum_retries"] = s.checksum_retries;
+    d["checksum_errors"] = s.checksum_errors;
     d["objects"] = s.fetch.succeeded;
     d["fetch_failed"] = s.fetch.failed;
     d["bytes"] = s.fetch.bytes;

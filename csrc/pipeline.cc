@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -12,6 +13,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "crc32c.h"
 #include "jpeg_decoder.h"
 #include "thread_pool.h"
 
@@ -30,6 +32,7 @@ struct Batch {
   std::vector<PipelineItem> items;
   std::vector<PipelineSpan> spans;
   std::vector<size_t> span_of;  // per item: the span that holds it (the last one, after a split)
+  std::vector<uint8_t> rereads;  // per span (room for every split span): checksum re-reads done so far
   std::vector<SampleResult> results;
   uint8_t* arena = nullptr;
   size_t arena_size = 0;
@@ -135,11 +138,13 @@ struct Pipeline::State {
     if (!reqs.empty()) engine.Submit(std::move(reqs));
   }
 
-  // Only the dispatcher thread calls this once the batch's GETs are submitted, so growing b->spans is safe.
-  void SplitSpan(Batch* b, size_t span_no) {
+  // Moves `members` of span `span_no` into spans of their own (one GET each) and starts them; `rereads` is
+  // what each new span starts counting checksum re-reads from. Only the dispatcher thread calls this once
+  // the batch's GETs are submitted, so growing b->spans is safe.
+  void SplitSpan(Batch* b, size_t span_no, const std::vector<size_t>& members, uint8_t rereads) {
     const size_t first = b->spans.size();
     const PipelineSpan whole = b->spans[span_no];  // copied: push_back below may move it
-    for (size_t i : whole.items) {
+    for (size_t i : members) {
       const PipelineItem& it = b->items[i];
       PipelineSpan one;
       one.object = whole.object;
@@ -149,34 +154,88 @@ struct Pipeline::State {
       one.offset = it.offset;
       one.items = {i};
       b->span_of[i] = b->spans.size();
+      b->rereads[b->spans.size()] = rereads;
       b->spans.push_back(std::move(one));
     }
-    splits.fetch_add(1, std::memory_order_relaxed);
     Launch(b, first);
   }
 
-  // A span's GET ended: every item it holds fails with its status, or goes on to decode.
+  // Whether item i's `nbytes` bytes in the arena have its expected crc32c (true when it has none).
+  bool CrcMatches(const Batch* b, size_t i, size_t nbytes, uint32_t* got) const {
+    const PipelineItem& it = b->items[i];
+    if (!it.has_crc) return true;
+    *got = Crc32c(b->arena + it.offset, nbytes);
+    return *got == it.crc32c;
+  }
+
+  FetchStatus ChecksumFailure(const Batch* b, size_t span_no, size_t i, size_t nbytes, uint32_t got) const {
+    const PipelineSpan& sp = b->spans[span_no];
+    const PipelineItem& it = b->items[i];
+    char crcs[64];
+    std::snprintf(crcs, sizeof crcs, "expected %08x, got %08x", it.crc32c, got);
+    std::string where = Describe(b, i);
+    if (sp.start >= 0) {
+      const size_t at = static_cast<size_t>(sp.start) + (it.offset - sp.offset);
+      where += " bytes " + std::to_string(at) + ".." + std::to_string(at + nbytes);
+    }
+    const std::string how = sp.present ? "bytes already present: a cache hit or memory"
+                                       : "read " + std::to_string(b->rereads[span_no] + 1u) + " times";
+    return FetchStatus{ErrorKind::kChecksum, 0, 0, "crc32c mismatch in " + where + " (" + crcs + "; " + how + ")"};
+  }
+
+  // A span's GET ended (or its bytes were present): every item it holds fails with its status, is read
+  // again (its bytes failed their crc32c and re-reads are left), or goes on to decode.
   // The batch may be completed (and freed by Poll) as soon as its last item finishes, so the span's item
-  // list is copied first and `b` is touched only for items not yet finished.
+  // list is copied first, items to read again are started before any other item finishes, and `b` is
+  // touched only for items not yet finished.
   void FinishSpan(Batch* b, size_t span_no, FetchResult r) {
     const std::vector<size_t> items = b->spans[span_no].items;
     const bool whole = b->spans[span_no].start < 0;
-    if (!r.status.ok() && items.size() > 1 && !whole && WorthSplitting(r.status) &&
-        !b->cancelled.load(std::memory_order_relaxed)) {
-      SplitSpan(b, span_no);
+    const bool cancelled = b->cancelled.load(std::memory_order_relaxed);
+    if (!r.status.ok() && items.size() > 1 && !whole && WorthSplitting(r.status) && !cancelled) {
+      splits.fetch_add(1, std::memory_order_relaxed);
+      SplitSpan(b, span_no, items, b->rereads[span_no]);
       return;
     }
+    std::vector<size_t> go, again;  // items that finish now; items read again
+    go.reserve(items.size());
     for (size_t i : items) {
       if (!r.status.ok()) {
         b->results[i].status = r.status;
-        FinishSample(b);
+        go.push_back(i);
         continue;
       }
-      b->results[i].nbytes = whole ? r.nbytes : b->items[i].size;
-      if (opt.decode) {
-        pool->Post([this, b, i] { DecodeOne(b, i); });
+      const size_t nbytes = whole ? r.nbytes : b->items[i].size;
+      b->results[i].nbytes = nbytes;
+      uint32_t got = 0;
+      if (!b->items[i].has_crc) {
+        unverified.fetch_add(1, std::memory_order_relaxed);
+      } else if (CrcMatches(b, i, nbytes, &got)) {
+        verified.fetch_add(1, std::memory_order_relaxed);
+      } else if (!b->spans[span_no].present && !cancelled && b->rereads[span_no] < opt.checksum_rereads) {
+        again.push_back(i);
+        continue;
       } else {
+        checksum_errors.fetch_add(1, std::memory_order_relaxed);
+        b->results[i].status = ChecksumFailure(b, span_no, i, nbytes, got);
+      }
+      go.push_back(i);
+    }
+    if (!again.empty()) {  // unfinished until their new GETs end: b stays alive below
+      checksum_retries.fetch_add(again.size(), std::memory_order_relaxed);
+      if (items.size() == 1) {  // the same span once more
+        ++b->rereads[span_no];
+        gets.fetch_add(1, std::memory_order_relaxed);
+        engine.Submit({Request(b, span_no)});
+      } else {  // only the members that failed, one GET each
+        SplitSpan(b, span_no, again, static_cast<uint8_t>(b->rereads[span_no] + 1));
+      }
+    }
+    for (size_t i : go) {
+      if (!b->results[i].status.ok() || !opt.decode) {
         FinishSample(b);
+      } else {
+        pool->Post([this, b, i] { DecodeOne(b, i); });
       }
     }
   }
@@ -238,12 +297,17 @@ struct Pipeline::State {
   bool stop = false;
   bool started = false;
 
-  std::atomic<uint64_t> outstanding{0}, batches{0}, decoded{0}, decode_errors{0}, decode_ns{0}, gets{0}, present{0}, splits{0};
+  std::atomic<uint64_t> outstanding{0}, batches{0}, decoded{0}, decode_errors{0}, decode_ns{0};
+  std::atomic<uint64_t> gets{0}, present{0}, splits{0};
+  std::atomic<uint64_t> verified{0}, unverified{0}, checksum_retries{0}, checksum_errors{0};
 };
 
 Pipeline::Pipeline(PipelineOptions options) : options_(std::move(options)) {
   const AugmentParams& a = options_.augment;
   if (options_.decode && (a.out_h <= 0 || a.out_w <= 0)) throw std::invalid_argument("output size must be positive");
+  if (options_.checksum_rereads < 0 || options_.checksum_rereads > 16) {
+    throw std::invalid_argument("checksum_rereads must be within 0..16");
+  }
   state_ = new State(options_);
   owner_pid_ = getpid();
 }
@@ -313,6 +377,7 @@ void Pipeline::Submit(uint64_t batch_id, const std::string& bucket, std::vector<
   // b->spans from moving while decode threads read it (ObjectOf)
   b->spans.reserve(b->spans.size() + b->items.size());
   b->span_of = std::move(span_of);
+  b->rereads.assign(b->spans.capacity(), 0);
   b->results.resize(b->items.size());
   b->arena = arena;
   b->arena_size = arena_size;
@@ -387,6 +452,10 @@ PipelineStats Pipeline::Stats() const {
   st.gets = state_->gets.load();
   st.present = state_->present.load();
   st.splits = state_->splits.load();
+  st.verified = state_->verified.load();
+  st.unverified = state_->unverified.load();
+  st.checksum_retries = state_->checksum_retries.load();
+  st.checksum_errors = state_->checksum_errors.load();
   st.batches_in_flight = state_->outstanding.load();
   st.fetch = state_->engine.Stats();
   return st;

@@ -19,14 +19,18 @@ struct PipelineOptions {
   EngineOptions fetch;
   int threads = 0;      // decode threads; 0: one per core
   bool decode = true;   // false: fetch only (another backend decodes the arena)
+  int checksum_rereads = 2;  // an item whose bytes fail their crc32c is read again at most this often
   AugmentParams augment;
 };
 
-// One sample of a batch: where its bytes are in the arena and the seed its crop is drawn from.
+// One sample of a batch: where its bytes are in the arena, the seed its crop is drawn from, and the
+// CRC-32C its bytes must have when one is known (a packed shard's index records it per member).
 struct PipelineItem {
   uint64_t sample_seed = 0;
   size_t offset = 0;  // where this sample's bytes start in the arena
   size_t size = 0;    // bytes reserved for it (the object's size, or the member's)
+  bool has_crc = false;
+  uint32_t crc32c = 0;  // expected CRC-32C of its bytes (has_crc)
 };
 
 // One GET that fills the bytes of one or more items: a whole object (one item), or a byte range of an
@@ -59,6 +63,10 @@ struct PipelineStats {
   uint64_t batches = 0, decoded = 0, decode_errors = 0;
   uint64_t gets = 0, present = 0;  // GETs submitted (a coalesced span counts once); spans already in the arena
   uint64_t splits = 0;             // failed coalesced GETs retried one member at a time
+  uint64_t verified = 0;           // items whose bytes matched their expected crc32c
+  uint64_t unverified = 0;         // items without an expected crc32c (decoded as received)
+  uint64_t checksum_retries = 0;   // GETs issued again because an item's bytes failed their crc32c
+  uint64_t checksum_errors = 0;    // items that still failed their crc32c (ErrorKind::kChecksum)
   double decode_s = 0.0;
   uint64_t batches_in_flight = 0;
   EngineStats fetch;
@@ -74,7 +82,9 @@ class Pipeline {
   void SetToken(std::string token);
   // `arena` holds the encoded bytes; `out` (decode mode) receives items.size() images of
   // out_h*out_w*3 bytes each. Both must stay valid until the batch is polled. `spans` say which GET
-  // fills which items; every item lies in exactly one span (std::invalid_argument otherwise).
+  // fills which items; every item lies in exactly one span (std::invalid_argument otherwise). An item
+  // with a crc32c is checked once its bytes are there, before it is decoded or reported done: a
+  // mismatch reads it again (alone), up to options.checksum_rereads times, then fails with kChecksum.
   void Submit(uint64_t batch_id, const std::string& bucket, std::vector<PipelineItem> items,
               std::vector<PipelineSpan> spans, uint8_t* arena, size_t arena_size, uint8_t* out);
   // Takes one finished batch, waiting up to timeout_s; false when none finished in time.

@@ -3,6 +3,8 @@
 Next to hivedata.gcs.fetch.Fetcher (single reads), this is what the Loader drives: per batch, the plan's
 spans are fetched into the slot's arena (or are there already) and, when the pipeline decodes, every
 sample is decoded, cropped and resized into the slot's images as soon as its bytes have arrived.
+Samples whose crc32c the plan knows are checked before that (and before anyone caches them); one that
+still mismatches after its re-reads fails with a ChecksumError (the failure policy names the sample).
 """
 
 from __future__ import annotations
@@ -60,7 +62,12 @@ class Pipeline:
                 self._native.poll(timeout=1.0)
 
     def stats(self) -> dict[str, Any]:
-        """Fetch and decode counters; `batches_submitted` counts what was handed to the pipeline."""
+        """Fetch, integrity and decode counters; `batches_submitted` counts what was handed to the pipeline.
+
+        Integrity: `verified` samples matched their crc32c, `unverified` ones had none to check (whole
+        objects are still checked against GCS's x-goog-hash by the fetch), `checksum_retries` GETs were
+        made again for a mismatch, `checksum_errors` samples failed with ChecksumError.
+        """
         s = self._native.stats()
         s["batches_submitted"] = s.pop("batches")
         return s

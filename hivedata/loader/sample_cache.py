@@ -1,4 +1,9 @@
-"""The loader's side of the disk cache: hits read into the batch arena, fetched bytes stored, keyed by the source."""
+"""The loader's side of the disk cache: hits read into the batch arena, fetched bytes stored, keyed by the source.
+
+Only samples whose fetch succeeded are stored (the pipeline has checked their crc32c where the source knows
+it), and a hit whose bytes miss the source's crc32c (an entry written before reads were checked) is a miss:
+the sample is fetched again and its entry rewritten.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import os
 
 import numpy as np
 
+from hivedata import _native
 from hivedata.errors import BadImageError
 from hivedata.loader.cache_writer import CacheWriter
 from hivedata.loader.disk_cache import DiskCache, parse_cache_size
 from hivedata.sources.base import SampleSource
-from hivedata.sources.read_plan import ReadPlan
+from hivedata.sources.read_plan import NO_CRC, ReadPlan
 
 
 class SampleCache:
@@ -20,14 +26,20 @@ class SampleCache:
         self.source = source
         self.disk = DiskCache(root, parse_cache_size(size))
         self.writer = CacheWriter(self.disk)
+        self.crc_mismatches = 0
 
     def fill(self, indices: np.ndarray, arena: np.ndarray, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """Reads every cached sample of a batch into its place in the arena; True where it was there."""
         present = np.zeros(len(indices), dtype=bool)
+        crcs = getattr(self.source, "crcs", None)  # sources that know their samples' crc32c (packed shards)
         for j, i in enumerate(indices.tolist()):
             key = self.source.cache_key(i)
             off = int(offsets[j])
-            present[j] = key is not None and self.disk.get_into(key, arena[off:off + int(sizes[j])])
+            where = arena[off:off + int(sizes[j])]
+            present[j] = key is not None and self.disk.get_into(key, where)
+            if present[j] and crcs is not None and crcs[i] != NO_CRC and _native.crc32c(where) != crcs[i]:
+                present[j] = False
+                self.crc_mismatches += 1
         return present
 
     def store(self, plan: ReadPlan, indices: np.ndarray, arena: np.ndarray, nbytes: list[int],
@@ -44,8 +56,8 @@ class SampleCache:
                     self.writer.put(key, arena[off:off + nbytes[j]])
 
     def stats(self) -> dict[str, int]:
-        """The disk cache's counters, plus writes dropped because too many were pending."""
-        return self.disk.stats() | {"dropped": self.writer.dropped}
+        """The disk cache's counters, writes dropped because too many were pending, hits that missed their crc32c."""
+        return self.disk.stats() | {"dropped": self.writer.dropped, "crc_mismatches": self.crc_mismatches}
 
     def flush(self) -> None:
         """Waits for the queued writes."""

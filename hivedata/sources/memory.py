@@ -21,7 +21,7 @@ class MemorySource:
 
     def __init__(self, arena: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, labels: np.ndarray,
                  classes: Sequence[str], *, names: Sequence[str] | None = None, url: str = "memory://",
-                 groups: np.ndarray | None = None) -> None:
+                 groups: np.ndarray | None = None, crcs: np.ndarray | None = None) -> None:
         if not len(offsets) == len(sizes) == len(labels):
             raise ValueError(f"{len(offsets)} offsets, {len(sizes)} sizes and {len(labels)} labels differ")
         ends = np.asarray(offsets, dtype=np.int64) + np.asarray(sizes, dtype=np.int64)
@@ -35,6 +35,9 @@ class MemorySource:
         self.url = url
         self._names = list(names) if names is not None else None
         self._groups = groups
+        if crcs is not None and len(crcs) != len(sizes):
+            raise ValueError(f"{len(crcs)} crcs for {len(sizes)} samples")
+        self.crcs = None if crcs is None else np.asarray(crcs, dtype=np.int64)  # as ReadPlan.crcs, per sample
 
     @classmethod
     def from_bytes(cls, samples: Sequence[bytes], labels: Sequence[int], classes: Sequence[str], *,
@@ -61,7 +64,8 @@ class MemorySource:
             if fetcher is not None:
                 fetcher.close()
         return cls(arena, plan.offsets, plan.sizes, source.labels, source.classes,
-                   names=[source.describe(i) for i in range(len(source))], url=source.url, groups=source.groups())
+                   names=[source.describe(i) for i in range(len(source))], url=source.url, groups=source.groups(),
+                   crcs=plan.crcs)
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -72,11 +76,13 @@ class MemorySource:
 
     def plan(self, indices: np.ndarray, present: np.ndarray | None = None, *,
              max_gap: int = DEFAULT_MAX_GAP) -> ReadPlan:
-        """Every sample already present in the source's own arena."""
+        """Every sample already present in the source's own arena (checked against its crc32c where known)."""
         offsets, sizes = self.offsets[indices], self.sizes[indices]
         spans = [Span(self.describe(int(i)), 0, -1, int(z), int(o), (j,), True)
                  for j, (i, o, z) in enumerate(zip(indices.tolist(), offsets.tolist(), sizes.tolist(), strict=True))]
-        return ReadPlan("", offsets, sizes, self.arena.nbytes, spans, arena=self.arena)
+        return ReadPlan("", offsets, sizes, self.arena.nbytes, spans, arena=self.arena,
+                        crcs=None if self.crcs is None else self.crcs[indices],
+                        describe=lambda j: self.describe(int(indices[j])))
 
     def prefill(self, plan: ReadPlan, arena: np.ndarray) -> ReadPlan:
         """Nothing to read: the plan points into this source's arena."""

@@ -4,11 +4,13 @@ A ReadPlan is what a SampleSource hands the native pipeline: per sample its aren
 the spans (one GET each, or bytes already present) that put them there. Samples of one shard whose byte
 ranges lie close together coalesce into one ranged GET (the gap bytes between them are read and
 ignored); samples already in the arena (cache hits, an in-memory dataset) get no GET at all.
+A plan may carry each sample's expected crc32c (packed shards record it): the bytes are checked before
+they are decoded or cached, since GCS sends no checksum for a byte range.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -17,6 +19,7 @@ from hivedata.common import back_to_back
 
 DEFAULT_MAX_GAP = 64 * 1024  # read up to this many unneeded bytes to save a request
 DEFAULT_MAX_SPAN = 64 * 1024 * 1024  # and never ask for more than this in one GET
+NO_CRC = -1  # in ReadPlan.crcs: this sample's crc32c is not known (its bytes are used unverified)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +40,8 @@ class ReadPlan:
     """Arena offset and size per sample, the arena size, and the spans the native pipeline reads.
 
     `arena` is set when the bytes already live in the source's own memory (every span present); else the
-    loader provides an arena of `arena_size` bytes.
+    loader provides an arena of `arena_size` bytes. `crcs` (int64 per sample, NO_CRC where unknown; None:
+    none known) are the crc32c each sample's bytes must have; `describe(j)` names sample j in errors.
     """
 
     bucket: str
@@ -46,6 +50,15 @@ class ReadPlan:
     arena_size: int
     spans: list[Span]
     arena: np.ndarray | None = None
+    crcs: np.ndarray | None = None
+    describe: Callable[[int], str] | None = None
+
+    def name(self, j: int) -> str:
+        """Sample j of the plan for people (describe(j), else the object its span reads)."""
+        if self.describe is not None:
+            return self.describe(j)
+        span = next(s for s in self.spans if j in s.members)
+        return f"gs://{self.bucket}/{span.object}" if self.bucket else span.object
 
     @property
     def gets(self) -> int:
@@ -75,10 +88,12 @@ def plan_whole_objects(sizes: np.ndarray, present: np.ndarray | None = None, *, 
 
 def plan_ranges(objects: np.ndarray, starts: np.ndarray, sizes: np.ndarray, *, max_gap: int = DEFAULT_MAX_GAP,
                 max_span: int = DEFAULT_MAX_SPAN, present: np.ndarray | None = None, bucket: str = "",
-                names: Sequence[str] | None = None, generations: Sequence[int] | None = None) -> ReadPlan:
+                names: Sequence[str] | None = None, generations: Sequence[int] | None = None,
+                crcs: np.ndarray | None = None, describe: Callable[[int], str] | None = None) -> ReadPlan:
     """Byte ranges of shard members: neighbours in one object (gap <= max_gap) share a GET of <= max_span bytes.
 
-    objects[i] numbers the object (shard) of sample i; names[n] and generations[n] name object n.
+    objects[i] numbers the object (shard) of sample i; names[n] and generations[n] name object n; crcs[i]
+    and describe(i), when given, are sample i's expected crc32c and its name (see ReadPlan).
     """
     n = len(sizes)
     offsets = np.zeros(n, dtype=np.int64)
@@ -119,4 +134,5 @@ def plan_ranges(objects: np.ndarray, starts: np.ndarray, sizes: np.ndarray, *, m
             if i >= 0:
                 spans.append(span(obj[first], st[i], st[i] + sz[i], arena + st[i] - g0, [i], True))
         arena += end - g0
-    return ReadPlan(bucket, offsets, np.asarray(sizes, dtype=np.int64), arena, spans)
+    return ReadPlan(bucket, offsets, np.asarray(sizes, dtype=np.int64), arena, spans,
+                    crcs=None if crcs is None else np.asarray(crcs, dtype=np.int64), describe=describe)

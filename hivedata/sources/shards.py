@@ -2,7 +2,9 @@
 
 The loader reads a sample as one ranged GET of exactly its bytes. The index is one ``.npz`` object
 beside the shards (``<name>.index.npz``); for shards we did not write (any WebDataset tar set) it is
-built once by reading the tar headers with ranged GETs, then cached locally.
+built once by reading the tar headers with ranged GETs, then cached locally. Indexes written by
+``python -m hivedata pack`` record each member's crc32c (``crcs``), which reads check; indexes without
+them (older packs, walked WebDataset shards) load too, and their samples are read unverified.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from hivedata.common import string_blob
 from hivedata.errors import DataFormatError, IndexStaleError
 from hivedata.sources.base import BucketSource, CacheKey
-from hivedata.sources.read_plan import DEFAULT_MAX_GAP, ReadPlan, plan_ranges
+from hivedata.sources.read_plan import DEFAULT_MAX_GAP, NO_CRC, ReadPlan, plan_ranges
 
 log = logging.getLogger(__name__)
 SHARD_INDEX_FORMAT = 1
@@ -45,6 +47,7 @@ class ShardIndex(BucketSource):
     keys_blob: np.ndarray  # uint8
     key_offsets: np.ndarray  # int64, len + 1
     endpoint: str = ""
+    crcs: np.ndarray | None = None  # int64 per sample: its bytes' crc32c (NO_CRC: unknown); None: none known
 
     @property
     def generations(self) -> np.ndarray:
@@ -62,9 +65,12 @@ class ShardIndex(BucketSource):
     def plan(self, indices: np.ndarray, present: np.ndarray | None = None, *,
              max_gap: int = DEFAULT_MAX_GAP) -> ReadPlan:
         """Ranged GETs of the members; members of one shard at most max_gap bytes apart share one."""
+        indices = np.asarray(indices, dtype=np.int64)
         return plan_ranges(self.shard[indices], self.starts[indices], self.sizes[indices], max_gap=max_gap,
                            present=present, bucket=self.bucket, names=self.shard_names,
-                           generations=self.shard_generations.tolist())
+                           generations=self.shard_generations.tolist(),
+                           crcs=None if self.crcs is None else self.crcs[indices],
+                           describe=lambda j: self.describe(int(indices[j])))
 
     def cache_key(self, i: int) -> CacheKey | None:
         """(endpoint, bucket, shard, generation, byte range); None for a shard without a generation."""
@@ -98,7 +104,7 @@ class ShardIndex(BucketSource):
                  classes=np.array(self.classes, dtype=str), shard_names=np.array(self.shard_names, dtype=str),
                  shard_sizes=self.shard_sizes, shard_generations=self.shard_generations, shard=self.shard,
                  starts=self.starts, sizes=self.sizes, labels=self.labels, keys_blob=self.keys_blob,
-                 key_offsets=self.key_offsets)
+                 key_offsets=self.key_offsets, **({} if self.crcs is None else {"crcs": self.crcs}))
         return buf.getvalue()
 
     @classmethod
@@ -108,13 +114,15 @@ class ShardIndex(BucketSource):
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 if int(z["meta"][0]) != SHARD_INDEX_FORMAT:
                     raise IndexStaleError(f"{what} has format {int(z['meta'][0])}, expected {SHARD_INDEX_FORMAT}")
-                return cls(bucket=str(z["bucket"]), prefix=str(z["prefix"]), endpoint=str(z["endpoint"]),
-                           classes=[str(c) for c in z["classes"]], shard_names=[str(s) for s in z["shard_names"]],
-                           shard_sizes=z["shard_sizes"], shard_generations=z["shard_generations"], shard=z["shard"],
-                           starts=z["starts"], sizes=z["sizes"], labels=z["labels"], keys_blob=z["keys_blob"],
-                           key_offsets=z["key_offsets"])
+                index = cls(bucket=str(z["bucket"]), prefix=str(z["prefix"]), endpoint=str(z["endpoint"]),
+                            classes=[str(c) for c in z["classes"]], shard_names=[str(s) for s in z["shard_names"]],
+                            shard_sizes=z["shard_sizes"], shard_generations=z["shard_generations"], shard=z["shard"],
+                            starts=z["starts"], sizes=z["sizes"], labels=z["labels"], keys_blob=z["keys_blob"],
+                            key_offsets=z["key_offsets"], crcs=z["crcs"] if "crcs" in z.files else None)
         except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise DataFormatError(f"{what} is not a hivedata shard index: {e}", url=what) from e
+        index.crcs = checked_crcs(index.crcs, len(index.sizes), what)
+        return index
 
     def save(self, path: str | Path) -> None:
         """Writes the index atomically to a local file."""
@@ -132,8 +140,8 @@ class ShardIndex(BucketSource):
     @classmethod
     def build(cls, bucket: str, prefix: str, classes: Sequence[str], shard_names: Sequence[str],
               shard_sizes: Sequence[int], shard_generations: Sequence[int], samples: Sequence[tuple],
-              endpoint: str = "") -> ShardIndex:
-        """From shard metadata and (shard number, start, size, label, key) per sample."""
+              endpoint: str = "", crcs: Sequence[int] | None = None) -> ShardIndex:
+        """From shard metadata and (shard number, start, size, label, key) per sample; crcs: their crc32c."""
         keys_blob, key_offsets = string_blob([s[4] for s in samples])
         col = list(zip(*samples, strict=True)) if samples else [[], [], [], [], []]
         return cls(bucket=bucket, prefix=prefix, classes=list(classes), shard_names=list(shard_names),
@@ -141,7 +149,22 @@ class ShardIndex(BucketSource):
                    shard_generations=np.array(shard_generations, dtype=np.int64),
                    shard=np.array(col[0], dtype=np.int32), starts=np.array(col[1], dtype=np.int64),
                    sizes=np.array(col[2], dtype=np.int64), labels=np.array(col[3], dtype=np.int32),
-                   keys_blob=keys_blob, key_offsets=key_offsets, endpoint=endpoint)
+                   keys_blob=keys_blob, key_offsets=key_offsets, endpoint=endpoint,
+                   crcs=checked_crcs(None if crcs is None else np.asarray(crcs, dtype=np.int64), len(samples),
+                                      "shard index"))
+
+
+def checked_crcs(crcs: np.ndarray | None, n: int, what: str) -> np.ndarray | None:
+    """`crcs` as int64, one per sample, each a crc32c or NO_CRC; DataFormatError naming `what` otherwise."""
+    if crcs is None:
+        return None
+    if crcs.shape != (n,) or crcs.dtype.kind not in "iu":
+        raise DataFormatError(f"{what}: crcs must be {n} integers (one per sample), got {crcs.dtype} {crcs.shape}",
+                              url=what)
+    crcs = crcs.astype(np.int64)
+    if len(crcs) and (crcs.min() < NO_CRC or crcs.max() > 0xFFFFFFFF):
+        raise DataFormatError(f"{what}: a crc is neither {NO_CRC} (unknown) nor a 32-bit crc32c", url=what)
+    return crcs
 
 
 def load_shard_index(url: str, *, endpoint: str | None = None, credentials: Any = "auto") -> ShardIndex:

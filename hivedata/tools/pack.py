@@ -6,7 +6,9 @@ at most --shard-size bytes each), so every sample's offset is known before packi
 skips the shards that already exist with their planned size. Samples go in a seeded random order by
 default (a shard then holds every class, so block-shuffled batches do too); a digest of the plan is
 written first (``<stem>.plan``) and a re-run with a different plan is refused instead of mixing two.
-The index object is written last.
+The index object is written last; it records each member's crc32c, which every ranged read checks
+(GCS sends no checksum for a byte range). A resumed pack reads the shards it skips back once (a
+whole-object download, checksummed) to record their members' crc32c.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hivedata import _native
 from hivedata.gcs.paths import parse_gcs_url
 from hivedata.sources.base import SampleSource
 from hivedata.sources.reading import read_samples
@@ -195,6 +198,13 @@ class Destination:
         os.replace(tmp, path)
         return 0
 
+    def read_all(self, name: str, generation: int = 0) -> bytes:
+        """Every byte of `name` (gs://: that generation if not 0, a whole-object download, crc32c-checked)."""
+        if self.is_gcs:
+            blob = self._blobs().blob(self.object_name(name), generation=generation or None)
+            return blob.download_as_bytes(checksum="crc32c")
+        return Path(self.object_name(name)).read_bytes()
+
     def read_range(self, name: str, start: int, length: int) -> bytes:
         """Bytes [start, start + length) of `name`."""
         if self.is_gcs:
@@ -202,6 +212,14 @@ class Destination:
         with open(self.object_name(name), "rb") as f:
             f.seek(start)
             return f.read(length)
+
+
+def member_crcs(src: Source, shard: PlannedShard, tar: bytes) -> list[int]:
+    """The crc32c of each sample's image bytes inside `tar`, the shard as planned (read back to resume)."""
+    if len(tar) != shard.size:
+        raise ValueError(f"pack: {shard.name} has {len(tar)} bytes, planned {shard.size}")
+    view = memoryview(tar)
+    return [_native.crc32c(view[a:a + src.sizes[i]]) for i, a in zip(shard.samples, shard.starts, strict=True)]
 
 
 def index_name(stem: str) -> str:
@@ -254,6 +272,7 @@ def _pack(src: Source, dst_url: str, *, shard_size: int, stem: str, verify: int,
     shards = plan_shards(src, shard_size, stem, sample_order(len(src), order, seed))
     _check_plan(dst, stem, plan_digest(src, shards))
     generations: list[int] = [0] * len(shards)
+    crcs: list[list[int]] = [[] for _ in shards]
     skipped = 0
     bar = tqdm(total=sum(s.size for s in shards), unit="B", unit_scale=True, desc=f"packing {len(shards)} shards",
                disable=not progress)
@@ -263,10 +282,13 @@ def _pack(src: Source, dst_url: str, *, shard_size: int, stem: str, verify: int,
             have = dst.existing(shard.name)
             if have is not None and have[0] == shard.size:
                 generations[n] = have[1]
+                crcs[n] = member_crcs(src, shard, dst.read_all(shard.name, have[1]))
                 skipped += 1
                 bar.update(shard.size)
                 continue
-            data = build_tar(src, shard, src.read_many(shard.samples))
+            images = src.read_many(shard.samples)
+            crcs[n] = [_native.crc32c(b) for b in images]
+            data = build_tar(src, shard, images)
             if pending is not None:
                 pending.result()
             pending = writer.submit(lambda n=n, s=shard, d=data: (generations.__setitem__(n, dst.write(s.name, d)),
@@ -277,7 +299,7 @@ def _pack(src: Source, dst_url: str, *, shard_size: int, stem: str, verify: int,
     samples = [(n, start, src.sizes[i], src.labels[i], src.keys[i])
                for n, s in enumerate(shards) for i, start in zip(s.samples, s.starts, strict=True)]
     index = ShardIndex.build(dst.bucket_name, dst.prefix, src.classes, [dst.object_name(s.name) for s in shards],
-                             [s.size for s in shards], generations, samples)
+                             [s.size for s in shards], generations, samples, crcs=[c for cs in crcs for c in cs])
     dst.write(index_name(stem), index.to_bytes())
     log(f"pack: {len(src)} samples in {len(shards)} shards ({skipped} already there) -> "
         f"{dst.object_name(index_name(stem))}")

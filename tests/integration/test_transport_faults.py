@@ -197,5 +197,4 @@ def test_loader_refreshes_a_rejected_token_once(images, proxy):
                 train=False, image_size=32, workers=2) as loader:
         n = sum(len(labels) for _, labels in loader)
         st = loader.stats()
-    assert n == 200 and st["token_refreshes"] == 1 and Creds.refreshes == 1
-    assert proxy.last_headers.get("authorization", "").startswith("Bearer ya29.FRESH-")
+    assert n == 200 and st["token_refreshes"] == 1 and Creds.refreshes == 1 and proxy.stats["status_401"] == 1
