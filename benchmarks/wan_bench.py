@@ -17,6 +17,9 @@ the emulator. The 0 ms row goes through the line too (no delay), so rows differ 
   engine       what Fetcher.stats() reports (latency p50/p99, retries; `connects`, `http2`, `hedges` when the
                engine has them)
   line CPU     CPU seconds of the delay line process per 1,000 objects of the fetch part (it shares the cores)
+  stragglers   once, over http through the fault proxy: one epoch in order with 1% of GETs answering
+               --straggler_s late; the worst and p99 batch wait with hedging (the default) and without, and
+               the hedges it took
 
 CPU is time.process_time() of this process (all its threads); the emulator and the delay line are other
 processes. The CA reaches the engine as ca_bundle= when Fetcher/Loader take it, else via CURL_CA_BUNDLE
@@ -63,9 +66,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hivedata import Loader  # noqa: E402
 from hivedata.gcs.fetch import Fetcher  # noqa: E402
+from hivedata.gcs.transport import Transport  # noqa: E402
 from hivedata.tools.emulator import Emulator  # noqa: E402
 from hivedata.tools.synthetic import SyntheticSpec, make_jpeg  # noqa: E402
 from tests.support.delay_line import DelayLineProcess  # noqa: E402
+from tests.support.fault_proxy import FaultProxy  # noqa: E402
 from tests.support.tls import make_tls  # noqa: E402
 
 BUCKET = "hivedata-wan-bench"
@@ -206,6 +211,37 @@ def measure_loader(endpoint: str, args: argparse.Namespace, ca: Path | None) -> 
     return out
 
 
+def measure_stragglers(em: Emulator, names: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """One epoch of the loader (in order) with 1% of GETs answering --straggler_s late (fault proxy), hedged
+    (the default) and not hedged, same run: the consumer's worst and p99 wait per batch, and the hedges."""
+    slow = names[::100]
+    out: dict[str, Any] = {"slow_gets": len(slow), "gets": len(names), "delay_s": args.straggler_s}
+    for label, transport in (("hedged", Transport()), ("unhedged", Transport(hedge_budget=0))):
+        with FaultProxy(em.url) as proxy:
+            for name in slow:
+                proxy.add_fault("slow_first_byte", count=1, delay=args.straggler_s, match=name)
+            with Loader(f"gs://{BUCKET}/train", batch_size=args.batch_size, train=False, image_size=args.size,
+                        backend="native", endpoint=proxy.url, credentials="anonymous", on_error="raise",
+                        workers=args.workers, transport=transport) as loader:
+                waits = []
+                it = iter(loader)
+                while True:
+                    t = time.perf_counter()
+                    try:
+                        next(it)
+                    except StopIteration:
+                        break
+                    waits.append(time.perf_counter() - t)
+                st = loader.stats()
+        w = np.asarray(waits)
+        out[label] = {"batch_wait_max_s": float(w.max()), "batch_wait_p99_s": float(np.percentile(w, 99)),
+                      "batches": len(waits), "hedges": st["hedges"], "hedge_wins": st["hedge_wins"],
+                      "fetch_latency_p99_s": st["fetch_latency_p99_s"], "slow_answered": proxy.stats["slow_first_byte"]}
+        print(f"stragglers {label:<8} worst batch wait {w.max():.2f} s, p99 {np.percentile(w, 99):.2f} s, "
+              f"hedges {st['hedges']} ({st['hedges'] / len(names):.1%} of GETs)", flush=True)
+    return out
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     """a / b, or None when either is missing or b is zero."""
     return a / b if a is not None and b else None
@@ -313,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="loader decode threads (default: all cores)")
     ap.add_argument("--loader_seconds", type=float, default=10.0, help="measured loader time per row, at most")
     ap.add_argument("--batches", type=int, default=300, help="measured loader batches per row, at most")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: fetch, loader")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: fetch, loader, stragglers")
+    ap.add_argument("--straggler_s", type=float, default=5.0, help="how late 1%% of GETs answer (stragglers part)")
     ap.add_argument("--quick", action="store_true", help="400 objects, 0 and 50 ms, 4 s of loader per row")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
@@ -352,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                     em, ca = servers[scheme]
                     for rtt in rtts:
                         rows.append(run_row(scheme, rtt, em, ca, names, args, skip))
+            stragglers = measure_stragglers(http_em, names, args) if "stragglers" not in skip else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     loadavg_end = list(os.getloadavg())
@@ -369,11 +407,18 @@ def main(argv: list[str] | None = None) -> int:
           f"loader batch {args.batch_size} at {args.size} px (train), {os.cpu_count()} cores, load average "
           f"{loadavg_start[0]:.2f} -> {loadavg_end[0]:.2f}; CPU = this process only (line CPU: the delay line's)")
     print_tables(rows, ratios, cross)
+    if stragglers:
+        h, u = stragglers["hedged"], stragglers["unhedged"]
+        print(f"\nstragglers: {stragglers['slow_gets']} of {stragglers['gets']} GETs answer {args.straggler_s:g} s "
+              f"late (http, fault proxy); worst batch wait {h['batch_wait_max_s']:.2f} s hedged vs "
+              f"{u['batch_wait_max_s']:.2f} s not ({ratio(h['batch_wait_max_s'], u['batch_wait_max_s']):.2f}x), "
+              f"p99 {h['batch_wait_p99_s']:.2f} s vs {u['batch_wait_p99_s']:.2f} s; hedges {h['hedges']} "
+              f"({h['hedges'] / stragglers['gets']:.1%} extra GETs), {h['hedge_wins']} won")
     if args.json:
         out = {"objects": args.objects, "mean_object_bytes": nbytes / args.objects, "in_flight": args.in_flight,
                "batch_size": args.batch_size, "image_size": args.size, "cores": os.cpu_count(),
                "loadavg_start": loadavg_start, "loadavg_end": loadavg_end, "emulator_alpn": proto,
-               "rows": rows, "ratios_vs_0ms": ratios, "https_vs_http_0ms": cross}
+               "rows": rows, "ratios_vs_0ms": ratios, "https_vs_http_0ms": cross, "stragglers": stragglers}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import requests
 
-from hivedata.errors import FetchError, ObjectNotFoundError, ObjectPermissionError
+from hivedata.errors import FetchError, ObjectNotFoundError, ObjectPermissionError, TlsError
 from hivedata.gcs.auth import TokenSource
 from hivedata.gcs.tls import ca_bundle, check_token_transport
 
@@ -60,6 +60,11 @@ class GcsJsonClient:
             try:
                 r = self._session.get(url, params=params, headers=self._headers(), timeout=self.timeout,
                                       verify=self._verify)
+            except requests.exceptions.SSLError as e:  # retrying cannot help
+                store = "the system CA store" if self._verify is True else f"CA bundle {self._verify}"
+                raise TlsError(f"TLS certificate of {self.endpoint} could not be verified with {store} {what}: {e}; "
+                               "point ca_bundle (train.py --ca_bundle) or REQUESTS_CA_BUNDLE at the CA that signed it",
+                               bucket=bucket, object=obj) from e
             except (requests.ConnectionError, requests.Timeout) as e:
                 if attempt == self.max_attempts:
                     raise FetchError(f"network error {what}: {e}", bucket=bucket, object=obj) from e

@@ -80,6 +80,15 @@ def test_wrong_ca_is_a_clear_tls_error_not_retried(https_gcs, wrong_ca):
     assert https_gcs.url in msg and str(wrong_ca) in msg and name in msg and "ca_bundle" in msg
 
 
+def test_listing_with_the_wrong_ca_is_a_tls_error(https_gcs, wrong_ca, no_ca_variables):
+    from hivedata.gcs.tls import trust
+
+    trust(https_gcs.url, wrong_ca)
+    with pytest.raises(TlsError, match="could not be verified") as ei:
+        list(GcsJsonClient(https_gcs.url, TokenSource("anonymous")).list_pages(https_gcs.bucket, "train/"))
+    assert str(wrong_ca) in str(ei.value) and https_gcs.url in str(ei.value)
+
+
 def test_missing_ca_file_is_named(https_gcs, tmp_path):
     with pytest.raises(TlsConfigError, match="nope.pem"):
         Fetcher(https_gcs.bucket, endpoint=https_gcs.url, ca_bundle=tmp_path / "nope.pem")
