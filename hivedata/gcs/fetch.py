@@ -90,7 +90,7 @@ class Fetcher:
       credentials       "auto" (ADC; anonymous for an emulator or without ADC), "anonymous", or
                         a google.auth Credentials object. A token never travels over plain http to
                         another machine (refused); a 401 fetches a fresh token once and retries.
-      ca_bundle         PEM file of trusted CAs (else CURL_CA_BUNDLE / SSL_CERT_FILE / REQUESTS_CA_BUNDLE,
+      ca_bundle         PEM file of trusted CAs (else REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE / SSL_CERT_FILE,
                         else the system store); a certificate that fails is a TlsError, not retried.
       http_version      "2" (default; streams over a few connections) or "1.1".
       max_in_flight     GETs at once (256). max_connections: None = per protocol (see Transport).

@@ -12,7 +12,7 @@ from hivedata.gcs.tls import ca_bundle
 
 def storage_client() -> Any:
     """A google-cloud-storage client (honours STORAGE_EMULATOR_HOST, and the CA bundle trusted for the endpoint or
-    named by CURL_CA_BUNDLE / SSL_CERT_FILE / REQUESTS_CA_BUNDLE); created per use, never at import."""
+    named by REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE / SSL_CERT_FILE); created per use, never at import."""
     from google.cloud import storage
 
     no_project = not (os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT"))

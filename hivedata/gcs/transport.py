@@ -15,8 +15,9 @@ HTTP_VERSIONS = {"2": 2, "1.1": 1}
 class Transport:
     """Settings of the native fetch engine; the defaults suit real GCS (HTTPS, HTTP/2, 30-100 ms to first byte).
 
-    ca_bundle         PEM file of CAs to trust (a private CA, a corporate TLS proxy); None: CURL_CA_BUNDLE,
-                      SSL_CERT_FILE or REQUESTS_CA_BUNDLE when set, else the system store.
+    ca_bundle         PEM file of CAs to trust (a private CA, a corporate TLS proxy); None: one trusted for the
+                      endpoint (hivedata.gcs.tls.trust), else REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE or
+                      SSL_CERT_FILE when set, else the system store.
     http_version      "2" (HTTP/2 where TLS offers it, streams spread over a few connections) or "1.1".
     max_in_flight     GETs at once, a cap (256 keeps a GPU peer fed at 100 ms to first byte); what is in
                       flight is what the caller asked for (the Loader sizes its read-ahead by Little's law).

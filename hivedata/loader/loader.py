@@ -67,12 +67,12 @@ class Loader:
       workers             decode threads (default: all cores).
       max_in_flight       cap on concurrent GETs (256); what is in flight follows the read-ahead.
       ca_bundle           PEM file of CAs to trust for the endpoint (a private CA, a TLS proxy); else
-                          CURL_CA_BUNDLE / SSL_CERT_FILE / REQUESTS_CA_BUNDLE, else the system store.
+                          REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE / SSL_CERT_FILE, else the system store.
       http_version        "2" (HTTP/2 over TLS, streams spread over a few connections) or "1.1";
                           transport: a hivedata.gcs.transport.Transport for every other knob.
       prefetch            batches prepared ahead; the ring holds prefetch + 2 slots. "auto" (default): 2, grown
                           by Little's law (consumer rate x fetch p99 + decode time) whenever the consumer
-                          waits, within readahead_bytes of slot memory (at most 16 batches).
+                          waits, within 2 GiB of slot memory (at most 16 batches).
       on_error            what to do with an image that arrived but does not decode (BadImageError): "skip" (it
                           is replaced by a copy of a good one from the same batch and counted in stats()
                           "skipped"), "raise", or a callable(exc) that raises to stop or returns to skip.
@@ -140,8 +140,9 @@ class Loader:
             self.cache = SampleCache(self.source, cache_dir, cache_size)
         self.backend = resolve_backend(backend, self.device)
         self.workers = workers or os.cpu_count() or 1
-        slot_bytes = batch_size * (h * w * 3 + int(np.mean(self.source.sizes)) if len(self.source) else 0)
-        self.readahead = ReadAhead(prefetch, max_depth=max(2, min(AUTO_MAX, READAHEAD_BYTES // max(1, slot_bytes) - 2)))
+        mean_size = int(np.mean(self.source.sizes)) if len(self.source) else 0
+        slot_bytes = batch_size * (h * w * 3 + mean_size)  # decoded images + encoded bytes of one batch
+        self.readahead = ReadAhead(prefetch, max_depth=max(2, min(AUTO_MAX, READAHEAD_BYTES // slot_bytes - 2)))
         self.in_memory, self.max_in_flight = in_memory, max_in_flight
         self.dtype, self.channels_last, self.normalize = dtype, channels_last, normalize
         self._mean = torch.tensor(mean, dtype=torch.float32)
