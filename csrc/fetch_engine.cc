@@ -240,7 +240,8 @@ struct FetchEngine::State {
   static size_t OnBody(char* buf, size_t size, size_t n, void* userp);
   static size_t Body(Transfer* t, char* buf, size_t len);
 
-  static constexpr int kHedgeBurst = 4;  // hedges allowed beyond the budget's share (a small run)
+  static constexpr int kHedgeBurst = 4;      // at least this many hedges beyond the budget's share
+  static constexpr uint64_t kHedgeWarmup = 32;  // GETs that must finish before any is hedged
 
   EngineOptions opt;
   bool https = false;
@@ -649,7 +650,7 @@ void FetchEngine::State::FinishAttempt(CURL* easy, CURLcode rc) {
 double FetchEngine::State::HedgeAfter(Clock::time_point now) {
   if (now - hedge_after_at > std::chrono::milliseconds(100)) {
     hedge_after_at = now;
-    double p90 = succeeded.load(std::memory_order_relaxed) >= 32 ? latency.Quantile(0.9) : opt.hedge_max_s;
+    double p90 = latency.Quantile(0.9);
     hedge_after_s = std::clamp(opt.hedge_multiple * p90, opt.hedge_min_s, std::max(opt.hedge_min_s, opt.hedge_max_s));
   }
   return hedge_after_s;
@@ -677,14 +678,22 @@ void FetchEngine::State::Watch(Clock::time_point now) {
       FinishAttempt(easy, CURLE_OPERATION_TIMEDOUT);
     }
   }
-  if (opt.hedge_budget <= 0) return;
+  // No hedging before the latency is known: a cold start (connections opening, a server warming up) is slow
+  // for every GET, and hedging it would spend the budget before the real stragglers come.
+  if (opt.hedge_budget <= 0 || succeeded.load(std::memory_order_relaxed) < kHedgeWarmup) return;
   double after = HedgeAfter(now);
   std::vector<Transfer*> slow;
   for (auto& [easy, t] : active) {
     if (!t->hedge_of && !t->hedged && Seconds(now - t->attempt_start) > after) slow.push_back(t.get());
   }
+  // The budget goes to the slowest first.
+  std::sort(slow.begin(), slow.end(),
+            [](const Transfer* a, const Transfer* b) { return a->attempt_start < b->attempt_start; });
   for (Transfer* p : slow) {
-    double allowed = opt.hedge_budget * static_cast<double>(submitted.load(std::memory_order_relaxed)) + kHedgeBurst;
+    // A share of the requests, plus a burst (a 16th of what may be in flight) so that a cold start does not
+    // leave nothing for the first real stragglers while the consumer, blocked on them, submits nothing new.
+    double burst = std::max<double>(kHedgeBurst, inflight_limit / 16.0);
+    double allowed = opt.hedge_budget * static_cast<double>(submitted.load(std::memory_order_relaxed)) + burst;
     if (static_cast<double>(hedges.load(std::memory_order_relaxed)) >= allowed) break;
     auto h = std::make_unique<Transfer>();
     h->req = p->req;

@@ -38,7 +38,7 @@ struct EngineOptions {
   double first_byte_timeout_s = 5.0; // abort (and retry) an attempt with no response headers after this
   // Hedging: a GET still running after clamp(hedge_multiple * running p90, hedge_min_s, hedge_max_s)
   // gets a second GET for the same bytes; the first to finish wins. At most hedge_budget of the requests
-  // (plus a small burst) are hedged. 0 disables it.
+  // (plus a burst of max(4, in flight / 16)) are hedged, none before 32 GETs finished. 0 disables it.
   double hedge_budget = 0.02;
   double hedge_multiple = 3.0;
   double hedge_min_s = 0.25;

@@ -26,7 +26,8 @@ class Transport:
     first_byte_timeout_s / low_speed_time_s   an attempt without a response, or stalled below 1 KB/s, for
                       this long is retried.
     hedge_budget      a GET slower than clamp(hedge_multiple x running p90, hedge_min_s, hedge_max_s) gets a
-                      second GET, first answer wins; at most this share of requests is hedged (0: never).
+                      second GET, first answer wins; at most this share of requests (plus a burst of
+                      max(4, max_in_flight / 16)) is hedged (0: never).
     """
 
     ca_bundle: str | None = None

@@ -29,7 +29,7 @@ SPEC = SyntheticSpec(num_classes=4, train_per_class=50, val_per_class=1, min_sho
 def objects(gcs_emulator) -> tuple[str, dict[str, bytes]]:
     bucket = "transport-faults"
     gcs_emulator.create_bucket(bucket)
-    out = {f"obj/{i:03d}.bin": os.urandom(30_000 + 1_009 * i) for i in range(24)}
+    out = {f"obj/{i:03d}.bin": os.urandom(30_000 + 1_009 * i) for i in range(48)}  # > 32: hedging starts
     for name, data in out.items():
         gcs_emulator.upload(bucket, name, data)
     return bucket, out
@@ -161,7 +161,7 @@ def test_stragglers_do_not_hold_a_batch(images, proxy):
         st = loader.stats()
     assert proxy.stats["slow_first_byte"] == len(slow)
     assert len(waits) == 10 and max(waits) < 2.5, waits  # without hedging: 5 s
-    assert 1 <= st["hedges"] <= 0.02 * 200 + 4 and st["hedge_wins"] >= 1
+    assert 1 <= st["hedges"] <= 0.02 * 200 + 256 / 16 and st["hedge_wins"] >= 1  # 2% plus a burst
 
 
 def test_read_ahead_grows_when_latency_dominates(images, proxy):
