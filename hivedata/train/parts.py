@@ -23,6 +23,7 @@ import torch
 from hivemind.compression import Float16Compression
 
 from hivedata.train.checkpoint import CheckpointStore
+from hivedata.train.join import start_dht
 from hivedata.train.models import build_model, param_groups
 from hivedata.train.optim import optimizer_factory
 from hivedata.train.schedule import scheduler_factory
@@ -123,9 +124,10 @@ def build_swarm(args: argparse.Namespace, *, loopback: bool = False) -> Swarm:
     host = "127.0.0.1" if loopback else "0.0.0.0"
     reader = PeerRegistry(args.bucket, args.run_id) if args.bucket else None
     peers = initial_peers(explicit=args.initial_peer, registry=reader, fetch_gcs_path=args.fetch_gcs_path)
-    dht = hivemind.DHT(start=True, initial_peers=peers, host_maddrs=[f"/ip4/{host}/tcp/{args.host_port}"],
-                       announce_maddrs=args.announce_maddr or None, client_mode=args.client_mode,
-                       identity_path=args.identity_path)
+    dht = start_dht(peers, lambda initial: hivemind.DHT(
+        start=True, initial_peers=initial, host_maddrs=[f"/ip4/{host}/tcp/{args.host_port}"],
+        announce_maddrs=args.announce_maddr or None, client_mode=args.client_mode, identity_path=args.identity_path),
+        client_mode=args.client_mode)
     swarm = Swarm(dht=dht, peer_id=str(dht.peer_id), maddrs=visible_maddrs(dht))
     log.info("peer %s joined with %d initial peers; reachable at %s", swarm.peer_id, len(peers), swarm.maddrs)
     try:
