@@ -168,15 +168,18 @@ class Trainer:
                     row["averaged_with"] = self.opt.last_group_size
                     if self.opt.last_group_size != logged_group or epoch_seen % EPOCH_LOG_EVERY == 0:
                         logged_group = self.opt.last_group_size
-                        log.info("global epoch %d: averaged with %d peers, loss %.3f, lr %.4f", epoch_seen,
-                                 logged_group, row["loss"], row["lr"])
+                        with_whom = (f"averaged with {logged_group} peers" if logged_group > 1
+                                     else "stepped alone (no other peer averaged)")
+                        log.info("global epoch %d: %s, loss %.3f, lr %.4f", epoch_seen, with_whom, row["loss"],
+                                 row["lr"])
                     if epoch_seen % args.val_every == 0 or epoch_seen >= self.total_global_epochs:
                         row.update(self.validate())
                         self.checkpoint()
                         validated_at = epoch_seen
                 if self.metrics is not None:
                     st = self.train_loader.stats()
-                    row.update({f"loader_{k}": st.get(k) for k in ("images_per_s", "skipped", "retries", "wait_s")})
+                    row.update({f"loader_{k}": st.get(k) for k in ("images_per_s", "skipped", "missing", "retries",
+                                                                     "hedges", "wait_s")})
                     self.metrics.write(row)
                 if done or self._should_stop(start):  # again: a validation may just have reached the target
                     done = True

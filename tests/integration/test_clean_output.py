@@ -30,11 +30,12 @@ def test_a_short_embedded_run_has_clean_output(tmp_path):
     for noise in ("Connection pool is full", "Traceback", "[ERROR]", "Task was destroyed"):
         assert noise not in out, f"{noise!r} in:\n{out[-3000:]}"
 
-    # a lone peer logs its group size once (and then every 10 epochs), not every epoch ...
+    # a lone peer says it steps alone (not "averaged with 1 peers") once, then every 10 epochs, not every epoch ...
     epochs = summary["global_epoch"]
-    logged = [line for line in out.splitlines() if "averaged with" in line]
+    logged = [line for line in out.splitlines() if "global epoch" in line and "lr" in line]
     assert epochs >= 3 and summary["averaged_with_max"] == 1
     assert 1 <= len(logged) < epochs, "\n".join(logged)
+    assert all("stepped alone" in line for line in logged) and "averaged with 1 peers" not in out
     # ... while the metrics still record it at every epoch
     recorded = [row["averaged_with"] for row in read_metrics(tmp_path / "m.jsonl") if "averaged_with" in row]
     assert len(recorded) >= epochs - 1 and set(recorded) == {1}
