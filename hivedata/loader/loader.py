@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from hivedata import _native
+from hivedata.common import UsableCpus, usable_cpus
 from hivedata.errors import HivedataError
 from hivedata.gcs.auth import token_source
 from hivedata.gcs.paths import storage_endpoint
@@ -64,8 +65,11 @@ class Loader:
       coalesce_gap        shard members at most this many bytes apart share one ranged GET.
       cache_dir           a local disk cache of fetched bytes (size-bounded LRU by cache_size, shared
                           safely by processes); None: no cache.
-      workers             decode threads (default: all cores).
-      max_in_flight       cap on concurrent GETs (256); what is in flight follows the read-ahead.
+      workers             decode threads (default: the CPUs this process may use: its CPU affinity, lowered to a
+                          cgroup CPU quota; see hivedata.common.usable_cpus). LoaderDataset divides them among
+                          DataLoader workers. stats()["budget"] reports threads, max_in_flight and the source.
+      max_in_flight       cap on concurrent GETs (None: the transport's, 256); what is in flight follows the
+                          read-ahead. Given with a transport, the two must agree.
       ca_bundle           PEM file of CAs to trust for the endpoint (a private CA, a TLS proxy); else
                           REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE / SSL_CERT_FILE, else the system store.
       http_version        "2" (HTTP/2 over TLS, streams spread over a few connections) or "1.1";
@@ -97,7 +101,7 @@ class Loader:
                  normalize: bool = True, mean: tuple[float, float, float] = IMAGENET_MEAN,
                  std: tuple[float, float, float] = IMAGENET_STD, scale: tuple[float, float] = (0.08, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5, eval_crop_ratio: float = 0.875,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_in_flight: int = 256, in_memory: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_in_flight: int | None = None, in_memory: bool = False,
                  shard: int = 0, num_shards: int = 1, block_size: int = 64, shuffle_window: int | None = None,
                  coalesce_gap: int = DEFAULT_MAX_GAP, cache_dir: str | os.PathLike | None = None,
                  cache_size: int | str = "20GB", ca_bundle: str | os.PathLike | None = None,
@@ -115,13 +119,17 @@ class Loader:
         self.endpoint = storage_endpoint(endpoint)
         if ca_bundle is not None:  # every client of this endpoint (listing, metadata, shards) trusts it too
             trust(self.endpoint, ca_bundle)
-        self.transport = transport or Transport(ca_bundle=ca_bundle, http_version=http_version,
-                                                max_in_flight=max_in_flight)
+        if transport is not None and max_in_flight is not None and max_in_flight != transport.max_in_flight:
+            raise ValueError(f"max_in_flight={max_in_flight} but the transport has "
+                             f"max_in_flight={transport.max_in_flight}: give one of them")
+        in_flight = {} if max_in_flight is None else {"max_in_flight": max_in_flight}
+        self.transport = transport or Transport(ca_bundle=ca_bundle, http_version=http_version, **in_flight)
+        self.max_in_flight = self.transport.max_in_flight
         self._tokens = token_source(credentials, self.endpoint)
         self.source: SampleSource = open_source(source, SourceOptions(self.endpoint, self._tokens, classes, labels))
         if in_memory:
             self.source = MemorySource.load(self.source, endpoint=self.endpoint, credentials=self._tokens,
-                                            max_in_flight=max_in_flight)
+                                            max_in_flight=self.max_in_flight)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.sampler = EpochSampler(len(self.source), batch_size=batch_size,
                                     shuffle=train if shuffle is None else shuffle, seed=seed,
@@ -139,11 +147,17 @@ class Loader:
 
             self.cache = SampleCache(self.source, cache_dir, cache_size)
         self.backend = resolve_backend(backend, self.device)
-        self.workers = workers or os.cpu_count() or 1
+        if workers is not None and workers < 0:
+            raise ValueError(f"workers must be a count of threads (or None: the usable CPUs), not {workers}")
+        cpus = usable_cpus() if not workers else UsableCpus(int(workers), "workers argument")
+        self.workers = cpus.count
+        # the threads and GETs this loader may use, and what set them (LoaderDataset adds its worker's share)
+        self.budget: dict[str, Any] = {"threads": self.workers, "max_in_flight": self.transport.max_in_flight,
+                                       "max_connections": self.transport.max_connections, "cpu_source": cpus.source}
         mean_size = int(np.mean(self.source.sizes)) if len(self.source) else 0
         slot_bytes = batch_size * (h * w * 3 + mean_size)  # decoded images + encoded bytes of one batch
         self.readahead = ReadAhead(prefetch, max_depth=max(2, min(AUTO_MAX, READAHEAD_BYTES // slot_bytes - 2)))
-        self.in_memory, self.max_in_flight = in_memory, max_in_flight
+        self.in_memory = in_memory
         self.dtype, self.channels_last, self.normalize = dtype, channels_last, normalize
         self._mean = torch.tensor(mean, dtype=torch.float32)
         self._std = torch.tensor(std, dtype=torch.float32)
@@ -211,7 +225,7 @@ class Loader:
 
     def stats(self) -> dict[str, Any]:
         """Per-stage figures: fetch (objects, bytes, retries, latency p50/p99), decode time, slot use, bad images
-        skipped and unreadable samples replaced (missing)."""
+        skipped and unreadable samples replaced (missing), and the thread/GET budget it runs under ("budget")."""
         out: dict[str, Any] = dict(self._stats)
         out |= self._decode.stats() if self._decode is not None else {"fallback_decoded": 0, "python_decode_s": 0.0}
         if self._pipeline is not None:
@@ -220,6 +234,7 @@ class Loader:
         out["backend"] = self.backend
         out["slots"] = len(self._ring) if self._ring else self.prefetch + 2
         out["prefetch"] = self.prefetch
+        out["budget"] = dict(self.budget)
         # mean share of the ring holding batches in flight when the consumer asked for the next one
         out["slot_occupancy"] = out.pop("slots_busy_sum") / max(1, out["batches"]) / out["slots"]
         if self._t_start is not None and out["samples"]:

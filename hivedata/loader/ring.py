@@ -16,7 +16,7 @@ class Slot:
 
     images: torch.Tensor
     arena: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint8))
-    event: object | None = None  # torch.cuda.Event recorded after the device copy was queued
+    event: object | None = None  # torch.cuda.Event recorded on the copy's stream after the device copy was queued
 
     def ensure_arena(self, nbytes: int) -> np.ndarray:
         """The arena, grown (by at least half) when a batch needs more than it holds."""
@@ -71,10 +71,7 @@ def to_device(images: torch.Tensor, device: torch.device, *, dtype: torch.dtype,
     """uint8 [B, H, W, 3] host images -> [B, 3, H, W] on `device`, normalised to `dtype` (or uint8 when not)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if device.type == "cuda":
-        x = images.to(device, non_blocking=True)
-        if slot is not None:
-            slot.event = torch.cuda.Event()
-            slot.event.record()
+        x = _copy_to_cuda(images, device, slot)
     elif device.type == "cpu":
         x = images
     else:  # mps and others: a synchronous copy, then work on the device
@@ -89,6 +86,23 @@ def to_device(images: torch.Tensor, device: torch.device, *, dtype: torch.dtype,
     m = mean.to(device=x.device, dtype=dtype).view(1, 3, 1, 1)
     inv = (1.0 / std).to(device=x.device, dtype=dtype).view(1, 3, 1, 1)
     return out.sub_(m).mul_(inv)
+
+
+def _copy_to_cuda(images: torch.Tensor, device: torch.device, slot: Slot | None) -> torch.Tensor:
+    """A non-blocking copy of pinned `images` to `device`; `slot.event` marks its end on the stream that copies.
+
+    The copy runs on the current stream of `device` (not of the current device: with device="cuda:1" while
+    the current device is 0 they differ), so the event is recorded on that stream, on that device; an event
+    on another stream would complete early and let the decode threads overwrite the slot mid-copy.
+    """
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device)
+        x = images.to(device, non_blocking=True)
+        if slot is not None:
+            event = torch.cuda.Event()
+            event.record(stream)
+            slot.event = event
+    return x
 
 
 def _cpu_output(images: torch.Tensor, *, normalize: bool, channels_last: bool, mean: torch.Tensor,

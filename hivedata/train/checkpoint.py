@@ -11,6 +11,15 @@ Why a crash never loses or corrupts the training state:
   a single object is atomic, so the pointers are written after the checkpoint they name.
 - load() checks the sha256 the pointer recorded; a missing or damaged file makes it fall back to the
   newest checkpoint that still loads, with a warning naming what it skipped.
+
+Why loading one can never run code: checkpoints may live in a bucket every collaborator can write to, so they
+are read with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists, tuples, dicts and the few
+torch types its unpickler allows. A file whose pickle names any other global (a crafted ``__reduce__`` calling
+``os.system``, say) is refused with :class:`CheckpointRefusedError` naming the file and the globals, before it
+is unpickled: it is not damage to fall back from but someone else's writing, and the operator must know.
+save() turns the few non-plain values training state may carry (argparse.Namespace, paths, numpy scalars and
+arrays) into plain ones and refuses a state that would still need any other global, so every checkpoint it
+writes loads under these rules.
 """
 
 from __future__ import annotations
@@ -23,10 +32,14 @@ import math
 import os
 import re
 import time
+from argparse import Namespace
+from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import torch
 
+from hivedata.errors import HivedataError
 from hivedata.gcs.paths import parse_gcs_url
 
 log = logging.getLogger(__name__)
@@ -38,6 +51,42 @@ _TMP_RE = re.compile(r"^(?:ckpt-\d{9,}\.pt|latest\.json|best\.json)\.tmp-(\d+)$"
 
 def _ckpt_name(step: int) -> str:
     return f"ckpt-{step:09d}.pt"
+
+
+class CheckpointRefusedError(HivedataError):
+    """A checkpoint whose pickle names globals a weights-only load does not allow (it could run code)."""
+
+
+def plain_state(value: Any) -> Any:
+    """`value` with argparse.Namespace, os.PathLike, numpy scalars and arrays made plain (dict, str, numbers,
+    tensors); containers are copied only where something inside changed."""
+    if isinstance(value, Namespace):
+        return plain_state(vars(value))
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value))  # a copy: the caller keeps its array
+    if isinstance(value, dict):
+        items = [(plain_state(k), plain_state(v)) for k, v in value.items()]
+        if all(nk is k and nv is v for (k, v), (nk, nv) in zip(value.items(), items, strict=True)):
+            return value
+        out = OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
+        if hasattr(value, "_metadata"):  # a module's state_dict carries its version metadata
+            out._metadata = value._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(value, list | tuple):
+        items = [plain_state(v) for v in value]
+        if all(n is v for n, v in zip(value, items, strict=True)):
+            return value
+        return items if isinstance(value, list) else tuple(items)
+    return value
+
+
+def _refused_globals(data: bytes | memoryview) -> list[str]:
+    """The globals in a torch.save file that a weights-only load does not allow (static: nothing is run)."""
+    return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
 
 
 class _LocalFiles:
@@ -176,7 +225,8 @@ class CheckpointStore:
     """Saves and loads training state under `location` (a directory or gs://bucket/prefix), keeping `keep` files.
 
     Files the pointers name are never pruned, so up to keep + 1 may remain (when best is older).
-    Load only locations you trust: checkpoints are pickles (torch.load with weights_only=False).
+    Loading never runs code from a file (weights_only=True; see the module docstring): a file that would is
+    refused with CheckpointRefusedError.
     """
 
     def __init__(self, location: str, *, keep: int = 2) -> None:
@@ -196,8 +246,12 @@ class CheckpointStore:
             raise ValueError(f"step must be >= 0, not {step}")
         step, metric = int(step), None if metric is None else float(metric)
         buf = io.BytesIO()
-        torch.save(state, buf)
+        torch.save(plain_state(state), buf)
         data = buf.getbuffer()
+        refused = _refused_globals(data)
+        if refused:  # checked before anything is written: load() would refuse this file
+            raise TypeError(f"checkpoint state holds objects a weights-only load refuses ({', '.join(refused)}); "
+                            "keep tensors, numbers, strings, lists, tuples and dicts in it")
         name = _ckpt_name(step)
         pointer = {"file": name, "step": step, "metric": metric, "time": time.time(),
                    "sha256": hashlib.sha256(data).hexdigest()}
@@ -254,7 +308,10 @@ class CheckpointStore:
         return max(self._steps(), default=None)
 
     def _read_state(self, name: str, sha256: str | None, map_location: Any) -> dict | None:
-        """The state in `name` if it exists, matches `sha256` (when known) and unpickles; else None."""
+        """The state in `name` if it exists, matches `sha256` (when known) and unpickles; else None.
+
+        Raises CheckpointRefusedError when its pickle names a global a weights-only load does not allow.
+        """
         data = self._files.read(name)
         if data is None:
             return None
@@ -262,8 +319,17 @@ class CheckpointStore:
             log.warning("checkpoint %s: sha256 mismatch", self._files.url(name))
             return None
         try:
-            # weights_only=False: our own files hold optimizer/loader state beyond tensors (trusted pickles).
-            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+            refused = _refused_globals(data)
+        except Exception:  # not a torch.save zip (damaged, or another format): weights_only below refuses it
+            refused = []
+        if refused:
+            raise CheckpointRefusedError(
+                f"checkpoint {self._files.url(name)} refused: its pickle names {', '.join(refused)}, which a "
+                "weights-only load does not allow (loading it could run code); CheckpointStore.save never writes "
+                "such a file. Find out who wrote it, then remove it and any pointer naming it")
+        try:
+            # weights_only=True: whatever the file holds, unpickling it builds data and never calls code
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
         except Exception as e:  # a damaged zip/pickle surfaces as many exception types
             log.warning("checkpoint %s: unreadable (%s: %s)", self._files.url(name), type(e).__name__, e)
             return None

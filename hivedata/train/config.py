@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ILSVRC2012_validation_ground_truth.txt + meta.mat, found beside the folder or above it")
     d.add_argument("--image_size", type=int, default=None, help="training crop size (default 224; 64 embedded)")
     d.add_argument("--backend", default="auto", choices=["auto", "native", "pillow", "dali"], help="decoder")
-    d.add_argument("--num_workers", type=int, default=None, help="decode threads (default: all cores)")
+    d.add_argument("--num_workers", type=int, default=None, help="decode threads (default: usable CPUs)")
     d.add_argument("--ca_bundle", default=None,
                    help="PEM file of CAs to trust for the storage endpoint (a private CA, a corporate TLS proxy); "
                         "default: REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE or SSL_CERT_FILE when set, else the system store")
