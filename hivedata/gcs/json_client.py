@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Iterator
@@ -32,6 +33,50 @@ class ListPage:
 
     objects: list[ObjectMeta]
     prefixes: list[str]
+
+
+def _bad(what: str, bucket: str, detail: str) -> FetchError:
+    return FetchError(f"unexpected answer {what}: {detail}", bucket=bucket)
+
+
+def _int_field(item: dict, key: str, what: str, bucket: str) -> int:
+    value = item.get(key, 0)  # the JSON API sends int64 as decimal strings
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
+        raise _bad(what, bucket, f"object {item.get('name')!r} has {key} {value!r}, not an integer")
+    return int(value)
+
+
+def _json_object(body: bytes, what: str, bucket: str) -> dict:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _bad(what, bucket, f"not JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise _bad(what, bucket, f"a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
+def _object_meta(item: object, what: str, bucket: str) -> ObjectMeta:
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+        raise _bad(what, bucket, f"an object without a name: {str(item)[:100]}")
+    return ObjectMeta(item["name"], _int_field(item, "size", what, bucket),
+                      _int_field(item, "generation", what, bucket))
+
+
+def parse_list_page(body: bytes, what: str, bucket: str) -> tuple[ListPage, str | None]:
+    """One listing response: its page and the next page's token (None on the last); a FetchError naming the
+    bucket when the body is not a listing."""
+    doc = _json_object(body, what, bucket)
+    items, prefixes = doc.get("items", []), doc.get("prefixes", [])
+    if not isinstance(items, list) or not isinstance(prefixes, list):
+        raise _bad(what, bucket, "'items' and 'prefixes' must be lists")
+    objects = [_object_meta(it, what, bucket) for it in items]
+    if not all(isinstance(p, str) for p in prefixes):
+        raise _bad(what, bucket, "a prefix that is not a string")
+    token = doc.get("nextPageToken")
+    if token is not None and (not isinstance(token, str)):
+        raise _bad(what, bucket, f"nextPageToken {str(token)[:100]!r} is not a string")
+    return ListPage(objects, list(prefixes)), token or None
 
 
 class GcsJsonClient:
@@ -92,21 +137,18 @@ class GcsJsonClient:
             params["delimiter"] = delimiter
         what = f"listing gs://{bucket}/{prefix}"
         while True:
-            body = self._get(url, params, what, bucket).json()
-            objects = [ObjectMeta(it["name"], int(it.get("size", 0)), int(it.get("generation", 0)))
-                       for it in body.get("items", [])]
-            yield ListPage(objects, list(body.get("prefixes", [])))
-            token = body.get("nextPageToken")
-            if not token:
+            page, token = parse_list_page(self._get(url, params, what, bucket).content, what, bucket)
+            yield page
+            if token is None:
                 return
             params["pageToken"] = token
 
     def object_meta(self, bucket: str, name: str) -> ObjectMeta:
         """Size and generation of one object."""
         url = f"{self.endpoint}/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
-        body = self._get(url, {"fields": "name,size,generation"}, f"reading metadata of gs://{bucket}/{name}",
-                         bucket, name).json()
-        return ObjectMeta(body["name"], int(body.get("size", 0)), int(body.get("generation", 0)))
+        what = f"reading metadata of gs://{bucket}/{name}"
+        return _object_meta(_json_object(self._get(url, {"fields": "name,size,generation"}, what, bucket,
+                                                   name).content, what, bucket), what, bucket)
 
     def download(self, bucket: str, name: str) -> bytes:
         """Whole small object (labels files, pointers); bulk data goes through the native engine."""

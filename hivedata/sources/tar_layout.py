@@ -59,13 +59,16 @@ def parse_header(block: bytes, offset: int) -> tuple[str, int, bytes] | None:
 
 
 def pax_path(data: bytes) -> str | None:
-    """The `path` record of a PAX extended header's data, if any."""
+    """The `path` record of a PAX extended header's data, if any (ValueError for a malformed record)."""
     pos = 0
     while pos < len(data):
         space = data.find(b" ", pos)
         if space < 0:
             break
-        length = int(data[pos:space])
+        digits = data[pos:space]
+        length = int(digits) if digits.isdigit() else -1
+        if length <= space - pos or pos + length > len(data):  # "<length> <key>=<value>\n", length counting all
+            raise ValueError(f"bad PAX record at byte {pos} of an extended header")
         record = data[space + 1:pos + length - 1]  # without the trailing newline
         key, _, value = record.partition(b"=")
         if key == b"path":

@@ -36,17 +36,25 @@ def read_tar_members(read: Any, size: int, what: str) -> list[tuple[str, int, in
     pos, long_name = 0, None
     while pos + BLOCK <= size:
         chunk = read(pos, min(2 * BLOCK, size - pos))
-        header = parse_header(chunk, pos)
+        try:
+            header = parse_header(chunk, pos)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
         if header is None:
             break
         name, length, kind = header
+        if length < 0:  # GNU base-256 can encode one; it would walk backwards (or not at all)
+            raise ValueError(f"{what}: member {name!r} at offset {pos} has a negative size ({length})")
         data_at = pos + BLOCK
         head = chunk[BLOCK:BLOCK + min(length, BLOCK)]
         if len(head) < min(length, BLOCK) or data_at + length > size:
             raise ValueError(f"{what}: member {name!r} at offset {pos} runs past the end of the shard")
         if kind in (b"x", b"L"):  # PAX extended header / GNU long name: they name the next member
             data = head if length <= BLOCK else read(data_at, length)
-            long_name = pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            try:
+                long_name = pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            except ValueError as e:
+                raise ValueError(f"{what}: member {name!r} at offset {pos}: {e}") from None
         elif kind in (b"0", b"\0", b"7"):
             out.append((long_name or name, data_at, length, head))
             long_name = None
@@ -78,7 +86,10 @@ def samples_from_members(members: list[tuple[str, int, int, bytes]], shard_no: i
         if image is None:
             continue
         if "cls" in g:
-            text = g["cls"][2][:g["cls"][1]].decode().strip()
+            try:
+                text = g["cls"][2][:g["cls"][1]].decode().strip()
+            except UnicodeDecodeError:
+                raise ValueError(f"{what}: {key}.cls is not text (a label is a class number or name)") from None
             try:
                 label = int(text)
             except ValueError:
