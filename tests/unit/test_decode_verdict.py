@@ -158,3 +158,35 @@ def test_pillow_gives_the_native_verdict(good, damage, verdict):
     aug = Augment(out_h=64, out_w=64)
     assert _pillow_verdicts(data, aug) == {verdict}
     assert set(verdicts(data, out_h=224, out_w=224)) == {verdict}
+
+
+# ------------------------------------------------------------------------------------------- the loader
+
+
+def test_loader_skips_a_file_cut_below_its_crop_in_every_epoch_and_names_warnings(tmp_path, good):
+    """The issue's reproduction: a JPEG truncated in its bottom fifth, 6 epochs of random crops (it used to
+    be skipped in some epochs only); beside it a file with a warning, used in every epoch and named."""
+    from hivedata import Loader
+
+    folder = tmp_path / "n00000001"
+    folder.mkdir()
+    (folder / "cut.JPEG").write_bytes(truncated_bottom(good, 0.8))
+    (folder / "warns.JPEG").write_bytes(extraneous_before_eoi(good))
+    for i in range(6):
+        (folder / f"good_{i}.JPEG").write_bytes(good_jpeg(200 + 20 * i, 150, i))
+    loader = Loader(str(tmp_path), batch_size=4, train=True, image_size=64, workers=1, backend="native")
+    skipped = []
+    for epoch in range(EPOCHS):
+        loader.set_epoch(epoch)
+        before = loader.stats()["skipped"]
+        for _ in loader:
+            pass
+        skipped.append(loader.stats()["skipped"] - before)
+    st = loader.stats()
+    loader.close()
+    assert skipped == [1] * EPOCHS, skipped
+    assert {n.split(": ")[0] for n in st["skipped_names"]} == {f"file://{folder / 'cut.JPEG'}"}
+    assert st["decode_warnings"] == EPOCHS
+    assert len(st["warned"]) == EPOCHS
+    # named as the pipeline names its objects (a local file: its path; an object: gs://bucket/name)
+    assert all(w.startswith(f"{folder / 'warns.JPEG'}: Corrupt JPEG data: ") for w in st["warned"]), st["warned"]
