@@ -43,7 +43,9 @@ def dataset() -> tuple[dict[str, bytes], set[str]]:
 
 
 def _run(url: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hivedata", "verify", url, "--threads", "2"], cwd=ROOT,
+    # -P as the parent ran (scripts/asan.sh): the sanitized build on PYTHONPATH, not the checkout's
+    py = [sys.executable, *(["-P"] if sys.flags.safe_path else [])]
+    return subprocess.run([*py, "-m", "hivedata", "verify", url, "--threads", "2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, env=env)
 
 

@@ -61,7 +61,9 @@ _CHILD = textwrap.dedent("""
 
 
 def bomb(w: int, h: int, comps: int = 3, **kw) -> dict:
-    r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps([w, h, comps, kw])], cwd=ROOT, capture_output=True,
+    # -P as the parent ran (scripts/asan.sh): the sanitized build on PYTHONPATH, not the checkout's
+    py = [sys.executable, *(["-P"] if sys.flags.safe_path else [])]
+    r = subprocess.run([*py, "-c", _CHILD, json.dumps([w, h, comps, kw])], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
