@@ -190,3 +190,27 @@ def test_loader_skips_a_file_cut_below_its_crop_in_every_epoch_and_names_warning
     assert len(st["warned"]) == EPOCHS
     # named as the pipeline names its objects (a local file: its path; an object: gs://bucket/name)
     assert all(w.startswith(f"{folder / 'warns.JPEG'}: Corrupt JPEG data: ") for w in st["warned"]), st["warned"]
+
+
+def test_pillow_hides_a_bad_huffman_code_that_the_native_decoder_refuses(good):
+    """The documented difference: Pillow silences libjpeg's corrupt-data warnings and decodes garbage."""
+    import io
+    import random
+
+    from PIL import Image
+
+    from tests.support.broken_jpegs import scan_start
+
+    out = np.empty((224, 224, 3), np.uint8)
+    rng = random.Random(0)
+    for _ in range(200):
+        b = bytearray(good)
+        k = rng.randrange(scan_start(good), len(good) - 200)
+        b[k:k + 40] = bytes(rng.randrange(255) for _ in range(40))
+        try:
+            _native.decode_image(bytes(b), out, sample_seed=0)
+        except errors.CorruptImageError as e:
+            if "bad Huffman code" in str(e):
+                Image.open(io.BytesIO(bytes(b))).load()  # no error
+                return
+    pytest.fail("no damage gave a bad Huffman code")
