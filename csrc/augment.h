@@ -13,7 +13,13 @@ struct AugmentParams {
   double ratio_min = 3.0 / 4.0, ratio_max = 4.0 / 3.0;
   double flip_p = 0.5;
   double eval_crop_ratio = 0.875;
-  int64_t max_pixels = 178956970;
+  // Pixel budget, checked from the header before anything is decoded (64 MP: 8192 x 8192). libjpeg's own
+  // memory is capped at LibjpegMemoryLimit(max_pixels) per decode (jpeg_decoder.h).
+  int64_t max_pixels = int64_t{1} << 26;
+  // Warnings are errors: a JPEG for which libjpeg emits any warning (extraneous bytes, bad progression,
+  // invalid SOS parameters, a bad ICC marker...) is refused. Off: such files decode and are counted
+  // (DecodeInfo::warnings). Truncated or corrupt entropy-coded data is an error either way.
+  bool strict = false;
 };
 
 // Largest output side accepted (keeps every size computation well inside int).

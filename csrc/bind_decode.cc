@@ -66,7 +66,7 @@ py::tuple ChooseCropPy(int width, int height, const py::int_& sample_seed, bool 
                        std::pair<double, double> scale, std::pair<double, double> ratio, double flip_p,
                        double eval_crop_ratio) {
   if (width <= 0 || height <= 0) throw py::value_error("width and height must be positive");
-  const AugmentParams p = MakeAugmentParams(train, out_h, out_w, scale, ratio, flip_p, eval_crop_ratio, 1);
+  const AugmentParams p = MakeAugmentParams(train, out_h, out_w, scale, ratio, flip_p, eval_crop_ratio, 1, false);
   const CropBox b = ChooseCrop(width, height, p, ToU64(sample_seed));
   return py::make_tuple(b.x, b.y, b.w, b.h, b.flip);
 }
@@ -86,8 +86,10 @@ py::tuple JpegHeaderPy(const py::object& data, const std::string& name) {
 
 py::dict DecodeImagePy(const py::object& data, const py::object& out, const py::int_& sample_seed, bool train,
                        int out_h, int out_w, std::pair<double, double> scale, std::pair<double, double> ratio,
-                       double flip_p, double eval_crop_ratio, int64_t max_pixels, const std::string& name) {
-  const AugmentParams p = MakeAugmentParams(train, out_h, out_w, scale, ratio, flip_p, eval_crop_ratio, max_pixels);
+                       double flip_p, double eval_crop_ratio, int64_t max_pixels, bool strict,
+                       const std::string& name) {
+  const AugmentParams p =
+      MakeAugmentParams(train, out_h, out_w, scale, ratio, flip_p, eval_crop_ratio, max_pixels, strict);
   const uint64_t seed = ToU64(sample_seed);
   HeldBuffer src(data, false, "data");
   HeldBuffer dst(out, true, "out");
@@ -113,6 +115,8 @@ py::dict DecodeImagePy(const py::object& data, const py::object& out, const py::
   d["scale_num"] = info.scale_num;
   d["box"] = py::make_tuple(info.box.x, info.box.y, info.box.w, info.box.h);
   d["flip"] = info.box.flip;
+  d["warnings"] = info.warnings;
+  d["warning"] = info.warning;
   return d;
 }
 
@@ -145,10 +149,12 @@ void BindDecode(py::module_& m) {
         py::arg("train") = def.train, py::arg("out_h") = def.out_h, py::arg("out_w") = def.out_w,
         py::arg("scale") = def_scale, py::arg("ratio") = def_ratio, py::arg("flip_p") = def.flip_p,
         py::arg("eval_crop_ratio") = def.eval_crop_ratio, py::arg("max_pixels") = def.max_pixels,
-        py::arg("name") = "",
+        py::arg("strict") = def.strict, py::arg("name") = "",
         "Decodes JPEG `data` (any C-contiguous buffer), crops, resizes and flips into `out` (a writable\n"
         "C-contiguous uint8 buffer of at least out_h*out_w*3 bytes, HWC RGB) with the GIL released.\n"
-        "Returns dict(src_w, src_h, scale_num, box=(x, y, w, h), flip). Raises NotJpegError,\n"
+        "The whole file is decoded through EOI whatever the crop (one verdict per file). Returns dict(src_w,\n"
+        "src_h, scale_num, box=(x, y, w, h), flip, warnings, warning): libjpeg warnings that did not refuse\n"
+        "the file and the first one's text. strict: any warning refuses it. Raises NotJpegError,\n"
         "CorruptImageError, ImageTooLargeError or UnsupportedImageError with .object == name.");
 }
 

@@ -19,12 +19,19 @@ void BindNormalize(py::module_& m) {
          std::array<float, 3> mean, std::array<float, 3> std) {
         Lent s(src, false);
         Lent d(dst, true);
-        size_t count = n * h * w * 3;
+        // n*h*w*3 (and its float bytes) must not wrap: a product that overflowed would pass the size checks
+        size_t count = 0, dst_bytes = 0;
+        if (__builtin_mul_overflow(n, h, &count) || __builtin_mul_overflow(count, w, &count) ||
+            __builtin_mul_overflow(count, size_t{3}, &count) ||
+            __builtin_mul_overflow(count, sizeof(float), &dst_bytes)) {
+          throw py::value_error("n*h*w*3 overflows: n=" + std::to_string(n) + ", h=" + std::to_string(h) +
+                                ", w=" + std::to_string(w));
+        }
         if (s.size() < count) throw py::value_error("source holds " + std::to_string(s.size()) + " bytes, needs " +
                                                     std::to_string(count));
-        if (d.size() < count * sizeof(float)) {
+        if (d.size() < dst_bytes) {
           throw py::value_error("destination holds " + std::to_string(d.size()) + " bytes, needs " +
-                                std::to_string(count * sizeof(float)));
+                                std::to_string(dst_bytes));
         }
         float inv[3] = {1.0f / std[0], 1.0f / std[1], 1.0f / std[2]};
         py::gil_scoped_release release;

@@ -177,6 +177,8 @@ class PyPipeline {
     d["unverified"] = s.unverified;
     d["checksum_retries"] = s.checksum_retries;
     d["checksum_errors"] = s.checksum_errors;
+    d["decode_warnings"] = s.decode_warnings;
+    d["warned"] = s.warned;
     d["objects"] = s.fetch.succeeded;
     d["fetch_failed"] = s.fetch.failed;
     d["bytes"] = s.fetch.bytes;

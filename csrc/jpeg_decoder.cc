@@ -8,6 +8,7 @@
 #include "jpeg_decoder.h"
 
 #include <algorithm>
+#include <climits>
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
@@ -35,7 +36,11 @@ struct ErrorState {
   jpeg_error_mgr pub;  // first: libjpeg hands back cinfo->err, cast to ErrorState
   jmp_buf jump;
   ErrorKind kind;
-  char message[JMSG_LENGTH_MAX + 64];
+  char message[JMSG_LENGTH_MAX + 96];
+  bool strict;                       // any warning is an error
+  int warnings;                      // warnings that did not refuse the file
+  char warning[JMSG_LENGTH_MAX];     // the first of them
+  long memory_limit;                 // cinfo.mem->max_memory_to_use
 };
 
 const char* KindLabel(ErrorKind kind) {
@@ -49,20 +54,29 @@ const char* KindLabel(ErrorKind kind) {
   }
 }
 
-[[noreturn]] void FailFromLibjpeg(j_common_ptr cinfo, ErrorKind kind) {
+[[noreturn]] void FailFromLibjpeg(j_common_ptr cinfo, ErrorKind kind, const char* how = "") {
   auto* e = reinterpret_cast<ErrorState*>(cinfo->err);
   char text[JMSG_LENGTH_MAX];
   text[0] = '\0';
   (*cinfo->err->format_message)(cinfo, text);
   e->kind = kind;
-  std::snprintf(e->message, sizeof(e->message), "%s: %s", KindLabel(kind), text);
+  std::snprintf(e->message, sizeof(e->message), "%s%s: %s", KindLabel(kind), how, text);
   longjmp(e->jump, 1);
 }
 
 void OnErrorExit(j_common_ptr cinfo) {
   switch (cinfo->err->msg_code) {
+    case JERR_NO_BACKING_STORE: {  // libjpeg wanted more memory than max_memory_to_use
+      auto* e = reinterpret_cast<ErrorState*>(cinfo->err);
+      e->kind = ErrorKind::kImageTooLarge;
+      std::snprintf(e->message, sizeof(e->message),
+                    "JPEG too large to decode: libjpeg needs more than its limit of %ld MiB for this %ux%u %s JPEG",
+                    e->memory_limit >> 20, reinterpret_cast<j_decompress_ptr>(cinfo)->image_width,
+                    reinterpret_cast<j_decompress_ptr>(cinfo)->image_height,
+                    reinterpret_cast<j_decompress_ptr>(cinfo)->progressive_mode ? "progressive" : "multi-scan");
+      longjmp(e->jump, 1);
+    }
     case JERR_OUT_OF_MEMORY:
-    case JERR_NO_BACKING_STORE:  // libjpeg wanted more memory than it may use
     case JERR_IMAGE_TOO_BIG:     // a side over 65500 pixels
     case JERR_WIDTH_OVERFLOW:
       FailFromLibjpeg(cinfo, ErrorKind::kImageTooLarge);
@@ -92,10 +106,16 @@ bool IsFatalWarning(int code) {
   }
 }
 
+// Any other warning (extraneous bytes before a marker, an inconsistent progression, invalid SOS parameters
+// for a sequential JPEG, a bad ICC marker, an unknown JFIF revision...) refuses the file only in strict
+// mode; otherwise it is counted and the first one kept, for stats and `hivedata verify`.
 void OnEmitMessage(j_common_ptr cinfo, int msg_level) {
   if (msg_level >= 0) return;  // trace messages
+  auto* e = reinterpret_cast<ErrorState*>(cinfo->err);
   cinfo->err->num_warnings++;
   if (IsFatalWarning(cinfo->err->msg_code)) FailFromLibjpeg(cinfo, ErrorKind::kCorruptImage);
+  if (e->strict) FailFromLibjpeg(cinfo, ErrorKind::kCorruptImage, " (strict: a warning is an error)");
+  if (e->warnings++ == 0) (*cinfo->err->format_message)(cinfo, e->warning);
 }
 
 void OnOutputMessage(j_common_ptr) {}  // never print
@@ -184,11 +204,13 @@ struct Job {
   std::vector<int32_t> acc;   // vertical-pass accumulators
   AxisFilter fx, fy;
 
-  Job(const uint8_t* d, size_t n) : data(d), size(n) {
+  Job(const uint8_t* d, size_t n, int64_t max_pixels, bool strict) : data(d), size(n) {
     std::memset(&cinfo, 0, sizeof(cinfo));
     std::memset(&err, 0, sizeof(err));
     std::memset(&progress, 0, sizeof(progress));
     err.kind = ErrorKind::kOk;
+    err.strict = strict;
+    err.memory_limit = static_cast<long>(std::min<int64_t>(LibjpegMemoryLimit(max_pixels), LONG_MAX));
   }
   Job(const Job&) = delete;
   Job& operator=(const Job&) = delete;
@@ -214,6 +236,7 @@ void Begin(Job* j) {
   j->err.pub.output_message = OnOutputMessage;
   j->created = true;  // jpeg_destroy_decompress copes with a create that failed half-way
   jpeg_create_decompress(&j->cinfo);
+  j->cinfo.mem->max_memory_to_use = j->err.memory_limit;  // honoured by realize_virt_arrays (jmemnobs)
   j->progress.progress_monitor = OnProgress;
   j->cinfo.progress = &j->progress;
   jpeg_mem_src(&j->cinfo, j->data, static_cast<unsigned long>(j->size));
@@ -363,7 +386,20 @@ bool RunDecode(Job* j, const AugmentParams& p, uint64_t sample_seed, uint8_t* ou
       ResampleRow(line, in_stride, j->fx, j->rows.data() + row_stride * (first + r - y0));
     }
   }
-  jpeg_abort_decompress(ci);  // the rows below the crop are never decoded
+  // The rest of the file, so that the verdict does not depend on the crop: the rows below the crop are
+  // entropy-decoded and dropped (jpeg_skip_scanlines runs no IDCT for whole iMCU rows), the last one read
+  // (skipping to the very end would skip the decoding too), then jpeg_finish_decompress reads the markers
+  // through EOI. A progressive JPEG was read to EOI by jpeg_start_decompress already.
+  const int rest = sh - static_cast<int>(ci->output_scanline);
+  if (rest > 1 && jpeg_skip_scanlines(ci, static_cast<JDIMENSION>(rest - 1)) != static_cast<JDIMENSION>(rest - 1)) {
+    j->Fail(ErrorKind::kCorruptImage, "corrupt JPEG: could not skip past the crop");
+    return false;
+  }
+  if (rest > 0 && jpeg_read_scanlines(ci, lines, 1) != 1) {
+    j->Fail(ErrorKind::kCorruptImage, "corrupt JPEG: no last scanline");
+    return false;
+  }
+  jpeg_finish_decompress(ci);
 
   ResampleColumns(j->rows.data(), row_stride, channels, p.out_w, j->fy, box.flip, j->acc.data(), out);
   return true;
@@ -371,13 +407,19 @@ bool RunDecode(Job* j, const AugmentParams& p, uint64_t sample_seed, uint8_t* ou
 
 }  // namespace
 
+int64_t LibjpegMemoryLimit(int64_t max_pixels) {
+  constexpr int64_t kSlack = int64_t{16} << 20;
+  constexpr int64_t kMaxPixels = (INT64_MAX - kSlack) / 3;
+  return 3 * std::clamp<int64_t>(max_pixels, 0, kMaxPixels) + kSlack;
+}
+
 FetchStatus DecodeCropResize(const uint8_t* data, size_t size, const AugmentParams& p, uint64_t sample_seed,
                              uint8_t* out, DecodeInfo* info) {
   if (const char* bad = CheckAugmentParams(p)) return MakeStatus(ErrorKind::kBadRequest, bad);
   if (out == nullptr) return MakeStatus(ErrorKind::kBadRequest, "no output buffer");
   FetchStatus sig = CheckJpegSignature(data, size);
   if (!sig.ok()) return sig;
-  Job job(data, size);
+  Job job(data, size, p.max_pixels, p.strict);
   bool ok;
   try {
     ok = RunDecode(&job, p, sample_seed, out);
@@ -385,7 +427,11 @@ FetchStatus DecodeCropResize(const uint8_t* data, size_t size, const AugmentPara
     job.Fail(ErrorKind::kImageTooLarge, "JPEG too large to decode: out of memory");
     ok = false;
   }
-  if (info != nullptr) *info = job.info;
+  if (info != nullptr) {
+    *info = job.info;
+    info->warnings = job.err.warnings;
+    if (job.err.warnings > 0) info->warning = job.err.warning;
+  }
   if (ok) return FetchStatus{};
   if (job.err.kind == ErrorKind::kOk) job.Fail(ErrorKind::kCorruptImage, "corrupt JPEG");
   return job.Status();
@@ -395,7 +441,7 @@ FetchStatus ReadJpegHeader(const uint8_t* data, size_t size, int* width, int* he
                            bool* progressive) {
   FetchStatus sig = CheckJpegSignature(data, size);
   if (!sig.ok()) return sig;
-  Job job(data, size);
+  Job job(data, size, AugmentParams{}.max_pixels, false);
   if (!RunHeader(&job)) {
     if (job.err.kind == ErrorKind::kOk) job.Fail(ErrorKind::kCorruptImage, "corrupt JPEG");
     return job.Status();

@@ -259,12 +259,19 @@ struct Pipeline::State {
     decode_ns.fetch_add(ns, std::memory_order_relaxed);
     if (st.ok()) {
       decoded.fetch_add(1, std::memory_order_relaxed);
+      if (info.warnings > 0) NoteWarning(Describe(b, i) + ": " + info.warning);
     } else {
       decode_errors.fetch_add(1, std::memory_order_relaxed);
       st.message = Describe(b, i) + ": " + st.message;
       res.status = std::move(st);
     }
     FinishSample(b);
+  }
+
+  void NoteWarning(std::string what) {
+    decode_warnings.fetch_add(1, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(warned_mu);
+    if (warned.size() < kMaxWarnedNames) warned.push_back(std::move(what));
   }
 
   static const std::string& ObjectOf(const Batch* b, size_t i) { return b->spans[b->span_of[i]].object; }
@@ -300,6 +307,9 @@ struct Pipeline::State {
   std::atomic<uint64_t> outstanding{0}, batches{0}, decoded{0}, decode_errors{0}, decode_ns{0};
   std::atomic<uint64_t> gets{0}, present{0}, splits{0};
   std::atomic<uint64_t> verified{0}, unverified{0}, checksum_retries{0}, checksum_errors{0};
+  std::atomic<uint64_t> decode_warnings{0};
+  mutable std::mutex warned_mu;  // guards warned
+  std::vector<std::string> warned;
 };
 
 Pipeline::Pipeline(PipelineOptions options) : options_(std::move(options)) {
@@ -456,6 +466,11 @@ PipelineStats Pipeline::Stats() const {
   st.unverified = state_->unverified.load();
   st.checksum_retries = state_->checksum_retries.load();
   st.checksum_errors = state_->checksum_errors.load();
+  st.decode_warnings = state_->decode_warnings.load();
+  {
+    std::lock_guard<std::mutex> lock(state_->warned_mu);
+    st.warned = state_->warned;
+  }
   st.batches_in_flight = state_->outstanding.load();
   st.fetch = state_->engine.Stats();
   return st;

@@ -67,10 +67,15 @@ struct PipelineStats {
   uint64_t unverified = 0;         // items without an expected crc32c (decoded as received)
   uint64_t checksum_retries = 0;   // GETs issued again because an item's bytes failed their crc32c
   uint64_t checksum_errors = 0;    // items that still failed their crc32c (ErrorKind::kChecksum)
+  uint64_t decode_warnings = 0;    // items decoded although libjpeg warned (AugmentParams::strict off)
+  std::vector<std::string> warned;  // "<name>: <first warning>" of the first kMaxWarnedNames of them
   double decode_s = 0.0;
   uint64_t batches_in_flight = 0;
   EngineStats fetch;
 };
+
+// How many items with warnings PipelineStats::warned names (decode_warnings counts them all).
+constexpr size_t kMaxWarnedNames = 1000;
 
 class Pipeline {
  public:

@@ -1,4 +1,4 @@
-"""`python -m hivedata …`: emulator, demo, index."""
+"""`python -m hivedata …`: emulator, demo, index, pack, plot, verify."""
 
 from __future__ import annotations
 
@@ -83,6 +83,20 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Decodes every image of URL whole, strictly; one line per broken one, a summary; 1 if any is broken."""
+    from hivedata.tools.verify import VerifyReport, verify
+
+    report = VerifyReport()
+    for item in verify(args.url, labels=args.labels, threads=args.threads, max_pixels=args.max_pixels):
+        if isinstance(item, VerifyReport):
+            report = item
+        else:
+            print(f"{item[0]}\t{item[1]}", flush=True)
+    print(f"hivedata verify: {report.summary()}", file=sys.stderr)
+    return 1 if report.broken else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the hivedata command."""
     ap = argparse.ArgumentParser(prog="hivedata", description="Stream ImageNet from GCS into training.")
@@ -118,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="PNG path (default: next to the metrics file)")
     p.add_argument("--title", help="plot title")
     p.set_defaults(fn=cmd_plot)
+    p = sub.add_parser("verify", help="decode every image whole with the strict checks; list the broken ones")
+    p.add_argument("url", help="gs://bucket/prefix, shards (…/x.index.npz, …/*.tar) or a local directory")
+    p.add_argument("--labels", help="labels file for a flat folder (as for index)")
+    p.add_argument("--threads", type=int, help="decode threads (default: all cores)")
+    p.add_argument("--max-pixels", type=int, help="pixel budget (default: the loader's, 64 MP)")
+    p.set_defaults(fn=cmd_verify)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
@@ -131,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def data_error(exc: BaseException, args: argparse.Namespace) -> str | None:
     """'<argument>: <what is wrong>' for a data-location error of `hivedata index`; None for anything else."""
-    if args.cmd != "index":
+    if args.cmd not in ("index", "verify"):
         return None
     from hivedata.gcs.paths import parse_gcs_url
     from hivedata.sources.labels import blame

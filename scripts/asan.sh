@@ -27,6 +27,7 @@ if [ $# -eq 0 ]; then
     tests/integration/test_loader.py tests/integration/test_shards.py tests/integration/test_block_reads.py \
     tests/unit/test_read_plan.py tests/unit/test_loader_memory.py tests/unit/test_local_source.py \
     tests/integration/test_transport_faults.py tests/integration/test_https_transport.py \
-    tests/integration/test_ranged_integrity.py tests/unit/test_ranged_crc.py -k "not dali"  # DALI's own libraries do not load under ASan
+    tests/integration/test_ranged_integrity.py tests/unit/test_ranged_crc.py tests/unit/test_decode_verdict.py \
+    tests/unit/test_decode_bounds.py tests/integration/test_verify_cli.py -k "not dali"  # DALI's own libraries do not load under ASan
 fi
 "$PY" -P -m pytest -q -p no:cacheprovider "$@"

@@ -416,7 +416,8 @@ def test_info_fields_and_header(images):
     assert _native.jpeg_header(images["grayscale", "square"]) == (333, 333, 1, False)
     assert _native.jpeg_header(images["cmyk", "landscape"]) == (500, 375, 4, False)
     _, info = decode(data, sample_seed=4)
-    assert set(info) == {"src_w", "src_h", "scale_num", "box", "flip"}
+    assert set(info) == {"src_w", "src_h", "scale_num", "box", "flip", "warnings", "warning"}
+    assert (info["warnings"], info["warning"]) == (0, "")
     assert (info["src_w"], info["src_h"]) == (375, 500)
     assert 1 <= info["scale_num"] <= 8 and len(info["box"]) == 4
 

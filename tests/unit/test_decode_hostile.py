@@ -184,7 +184,7 @@ def test_bomb_header_is_rejected_before_allocating(good, progressive):
     # a progressive 60000x60000 decode would first allocate ~10 GB of coefficients
     e = expect(errors.ImageTooLargeError, bomb)
     assert time.perf_counter() - t < 0.5
-    assert "60000x60000" in str(e) and "178956970" in str(e)
+    assert "60000x60000" in str(e) and str(1 << 26) in str(e)
 
 
 def test_progressive_scan_bomb_is_cut_short():

@@ -8,8 +8,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-# Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS)
-DEFAULT_MAX_PIXELS = 178_956_970
+# 64 MP (8192 x 8192): larger than any ImageNet photo by 5x, and what one decode may cost stays bounded:
+# libjpeg may use 3 bytes per pixel of this budget (+16 MiB) per decode thread (a progressive JPEG keeps
+# the whole image's coefficients). Pillow's own bomb limit is 2 x Image.MAX_IMAGE_PIXELS = 178,956,970.
+DEFAULT_MAX_PIXELS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class Augment:
     flip_p: float = 0.5
     eval_crop_ratio: float = 0.875
     max_pixels: int = DEFAULT_MAX_PIXELS
+    strict: bool = False  # any libjpeg warning refuses the file (default: counted, the file is used)
 
     def __post_init__(self) -> None:
         if self.out_h <= 0 or self.out_w <= 0:
@@ -37,7 +40,8 @@ class Augment:
             raise ValueError(f"flip_p must be in [0, 1], got {self.flip_p}")
         if not 0 < self.eval_crop_ratio <= 1:
             raise ValueError(f"eval_crop_ratio must be in (0, 1], got {self.eval_crop_ratio}")
-
+        if self.max_pixels <= 0:
+            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
 
     def native(self) -> Any:
         """These settings as hivedata._native.AugmentParams (the one place they cross into C++)."""
@@ -45,7 +49,7 @@ class Augment:
 
         return _native.AugmentParams(train=self.train, out_h=self.out_h, out_w=self.out_w, scale=self.scale,
                                      ratio=self.ratio, flip_p=self.flip_p, eval_crop_ratio=self.eval_crop_ratio,
-                                     max_pixels=self.max_pixels)
+                                     max_pixels=self.max_pixels, strict=self.strict)
 
 
 class BatchDecoder(Protocol):

@@ -11,6 +11,12 @@ named ``.JPEG``, as ImageNet has a few) is decoded rather than refused.
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set here: a truncated image is reported as
 :class:`~hivedata.errors.CorruptImageError`. (It is a process-wide Pillow flag; if other code sets it,
 Pillow pads truncated images with grey and they are no longer detected.)
+
+Verdicts: Pillow decodes every row, so its verdict on a file never depends on the crop, and it agrees with
+the native decoder on truncated files (an error) and on libjpeg's warnings such as extraneous bytes (the
+file is used). It differs where Pillow cannot see: it silences libjpeg's warnings, so corrupt entropy-coded
+data (a bad Huffman code) decodes to garbage without an error, warnings are not counted, and
+``Augment.strict`` is not honoured here; ``python -m hivedata verify`` (native, strict) finds those files.
 """
 
 from __future__ import annotations
