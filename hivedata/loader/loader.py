@@ -77,6 +77,9 @@ class Loader:
       prefetch            batches prepared ahead; the ring holds prefetch + 2 slots. "auto" (default): 2, grown
                           by Little's law (consumer rate x fetch p99 + decode time) whenever the consumer
                           waits, within 2 GiB of slot memory (at most 16 batches).
+      strict              True: an image libjpeg warns about (extraneous bytes, a bad progression) is a bad
+                          image too; False (default, like Pillow): warnings are counted and named in stats()
+                          ("decode_warnings", "warned") and the image is used. Truncation is always an error.
       on_error            what to do with an image that arrived but does not decode (BadImageError): "skip" (it
                           is replaced by a copy of a good one from the same batch and counted in stats()
                           "skipped"), "raise", or a callable(exc) that raises to stop or returns to skip.
@@ -105,7 +108,7 @@ class Loader:
                  shard: int = 0, num_shards: int = 1, block_size: int = 64, shuffle_window: int | None = None,
                  coalesce_gap: int = DEFAULT_MAX_GAP, cache_dir: str | os.PathLike | None = None,
                  cache_size: int | str = "20GB", ca_bundle: str | os.PathLike | None = None,
-                 http_version: str = "2", transport: Transport | None = None) -> None:
+                 http_version: str = "2", transport: Transport | None = None, strict: bool = False) -> None:
         self.failures = FailurePolicy(on_error, max_missing)
         ReadAhead(prefetch)  # checks the value before any work
         if in_memory and cache_dir is not None:
@@ -115,7 +118,8 @@ class Loader:
             raise RuntimeError("device='cuda' but torch sees no CUDA device")
         h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.augment = Augment(out_h=h, out_w=w, train=train, scale=scale, ratio=ratio,
-                               flip_p=flip_p if train else 0.0, eval_crop_ratio=eval_crop_ratio, max_pixels=max_pixels)
+                               flip_p=flip_p if train else 0.0, eval_crop_ratio=eval_crop_ratio, max_pixels=max_pixels,
+                               strict=strict)
         self.endpoint = storage_endpoint(endpoint)
         if ca_bundle is not None:  # every client of this endpoint (listing, metadata, shards) trusts it too
             trust(self.endpoint, ca_bundle)

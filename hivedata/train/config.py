@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--http_version", default="2", choices=["2", "1.1"],
                    help="2: HTTP/2 over TLS, GETs multiplexed over a few connections (real GCS); 1.1: one "
                         "connection per GET in flight (some proxies)")
+    d.add_argument("--strict_decode", action="store_true",
+                   help="an image libjpeg warns about (extraneous bytes, a bad progression) is skipped like a "
+                        "broken one; default: warnings are counted and named in the loader stats, the image is "
+                        "used (as Pillow does); truncated or corrupt images are always skipped")
     d.add_argument("--max_missing", type=missing_budget_flag, default=0,
                    help="samples per epoch that may fail to download (HTTP 401/403/404/410, network errors, "
                         "checksum mismatches after retries) before the peer stops: a fraction of the epoch "

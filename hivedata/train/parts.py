@@ -191,13 +191,15 @@ def build_data(args: argparse.Namespace, *, device: torch.device, peer_id: str,
                    image_size=args.image_size, backend=args.backend, device=str(device), seed=seed,
                    workers=args.num_workers, shuffle=args.shuffle, block_size=args.block_size,
                    cache_dir=args.cache_dir, cache_size=args.cache_size, channels_last=channels_last,
-                   max_missing=args.max_missing, http_version=args.http_version)
+                   max_missing=args.max_missing, http_version=args.http_version,
+                   strict=args.strict_decode)
     try:
         val_source = sources[1] if sources is not None else f"gs://{args.bucket}/{args.val_prefix}"
         val = Loader(val_source, batch_size=args.batch_size, train=False,
                      image_size=args.image_size, backend=args.backend, device=str(device),
                      classes=train.index.classes, labels=args.val_labels, workers=args.num_workers,
-                     channels_last=channels_last, max_missing=args.max_missing, http_version=args.http_version)
+                     channels_last=channels_last, max_missing=args.max_missing, http_version=args.http_version,
+                     strict=args.strict_decode)
     except BaseException:
         train.close()
         raise

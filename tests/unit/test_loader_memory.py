@@ -119,3 +119,17 @@ def test_block_order_keeps_runs_inside_the_groups_of_the_source(samples):
         order = ld.sampler.order(0)
     runs = ld.sampler._runs
     assert set(runs.tolist()) >= {0, 10, 17} and sorted(order.tolist()) == list(range(N))
+
+
+def test_strict_makes_a_warned_image_a_bad_one(samples):
+    from tests.support.broken_jpegs import extraneous_before_eoi
+
+    src = _source(samples, bad={3: extraneous_before_eoi(samples[3])})
+    with _loader(src, train=False) as lenient:
+        _epoch(lenient)
+        st = lenient.stats()
+    assert st["skipped"] == 0 and st["decode_warnings"] == 1 and "mem/3.JPEG" in st["warned"][0]
+    with _loader(src, train=False, strict=True) as strict:
+        _epoch(strict)
+        st = strict.stats()
+    assert st["skipped"] == 1 and "mem/3.JPEG" in st["skipped_names"][0]

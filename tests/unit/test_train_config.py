@@ -11,7 +11,7 @@ ORIGINAL_FLAGS = ["--bucket_name", "--train_prefix", "--val_prefix", "--device",
                   "--epochs", "--host_port", "--val_every", "--val_batches", "--num_workers"]
 NEW_FLAGS = ["--arch", "--image_size", "--backend", "--run_id", "--checkpoint_dir", "--resume", "--identity_path",
              "--client_mode", "--announce_maddr", "--matchmaking_time", "--averaging_timeout", "--val_labels",
-             "--max_missing", "--ca_bundle", "--http_version"]
+             "--max_missing", "--ca_bundle", "--http_version", "--strict_decode"]
 
 
 def test_every_flag_exists_with_help():
