@@ -82,8 +82,9 @@ def _where(exc: BaseException) -> str:
 
 def _violation(harness: str, exc: BaseException, what: str = "") -> ContractViolation:
     kind = "hang" if isinstance(exc, _Hang) else type(exc).__name__
-    detail = f"no result after {TIME_LIMIT_S} s" if isinstance(exc, _Hang) else f"{kind}: {str(exc)[:200]}"
-    sig = f"{harness}:{kind}@{_where(exc)}"
+    detail = "no result within the time limit" if isinstance(exc, _Hang) else f"{kind}: {str(exc)[:200]}"
+    # a hang is stopped wherever the alarm lands, so its signature carries no place
+    sig = f"{harness}:hang" if isinstance(exc, _Hang) else f"{harness}:{kind}@{_where(exc)}"
     v = ContractViolation(harness, f"{what}{detail} ({sig})", sig)
     v.__cause__ = exc
     return v

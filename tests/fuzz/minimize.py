@@ -1,8 +1,9 @@
 """Shrinks an input that breaks a Python-side contract and files it under tests/fuzz/crashes/.
 
-    python tests/fuzz/minimize.py <harness> <input file> <name> "<reason>" [--fixed]
+    python tests/fuzz/minimize.py <harness> <input file> <name> "<reason>" [--fixed] [--no-shrink]
 
-Greedy: drops ever smaller chunks, then zeroes bytes, keeping the same violation signature. Writes
+Greedy: drops ever smaller chunks, then zeroes bytes, keeping the same violation signature
+(--no-shrink: file it as it is, for hangs, where every try costs the time limit). Writes
 crashes/<harness>-<name>.bin and a .json beside it: harness, signature, status ("open" unless --fixed),
 reason, the message and traceback. The replay test (tests/unit/test_fuzz_replay.py) runs every reproducer
 and skips only those marked open. (libFuzzer crashes: `build/fuzz/<harness>_fuzzer -minimize_crash=1 ...`.)
@@ -47,13 +48,13 @@ def shrink(harness: str, data: bytes, sig: str) -> bytes:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--fixed"]
+    args = [a for a in sys.argv[1:] if a not in ("--fixed", "--no-shrink")]
     harness, src, name, reason = args
     data = Path(src).read_bytes()
     v = signature(harness, data)
     if v is None:
         sys.exit(f"{src} keeps the {harness} contract: nothing to file")
-    small = shrink(harness, data, v.signature)
+    small = data if "--no-shrink" in sys.argv else shrink(harness, data, v.signature)
     v = signature(harness, small)
     contracts.CRASHES.mkdir(exist_ok=True)
     base = contracts.CRASHES / f"{harness}-{name}"
