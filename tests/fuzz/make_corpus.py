@@ -6,14 +6,15 @@ decode: a 12-byte parameter prefix (see harnesses/decode_fuzzer.cc) + small JPEG
 baseline, progressive, grayscale, CMYK, 4:4:4, restart markers, optimized Huffman, truncated, a bomb header.
 tar: small WebDataset shards as hivedata packs them (PAX headers), a GNU long name, a truncated one.
 shard_index: ShardIndex.to_bytes() with and without crcs. labels: '<file> <wnid>' lines, Kaggle CSV, devkit
-ground truth. listing: GCS JSON listing bodies.
+ground truth. listing: GCS JSON listing bodies. corpus/decode also holds inputs libFuzzer found that add
+coverage, named by their sha1:
+    build/fuzz/decode_fuzzer -merge=1 <new dir> tests/fuzz/corpus/decode build/fuzz/corpus/decode
 """
 
 from __future__ import annotations
 
 import io
 import json
-import shutil
 import struct
 import sys
 import tarfile
@@ -119,9 +120,8 @@ def listing_seeds() -> dict[str, bytes]:
 def main() -> None:
     for harness, seeds in [("decode", decode_seeds()), ("tar", tar_seeds()), ("shard_index", shard_index_seeds()),
                            ("labels", labels_seeds()), ("listing", listing_seeds())]:
-        d = OUT / harness
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+        d = OUT / harness  # files named by their sha1 are libFuzzer finds (-merge=1): kept
+        d.mkdir(parents=True, exist_ok=True)
         for name, data in seeds.items():
             (d / name).write_bytes(data)
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
