@@ -1,5 +1,5 @@
 # Shortcuts for the scripts in scripts/ (the README's commands work without make).
-.PHONY: setup demo test lint asan clang bench clean
+.PHONY: setup demo test lint asan clang fuzz bench clean
 
 setup:
 	bash scripts/bootstrap.sh
@@ -20,6 +20,11 @@ asan:
 # The extension built with clang (warnings are errors) into build/clang, then native tests against it.
 clang:
 	bash scripts/build_clang.sh
+
+# libFuzzer (ASan+UBSan) + Hypothesis fuzzing of the untrusted-bytes parsers, FUZZ_SECONDS per harness
+# (default 600); see tests/fuzz/README.md.
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 bench:
 	python3 benchmarks/fetch_bench.py --json results/fetch_bench.json
