@@ -1,6 +1,7 @@
 #include "fetch_engine.h"
 
 #include <curl/curl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -60,6 +61,15 @@ bool IsCertificateError(CURLcode rc) {
     default:
       return false;
   }
+}
+
+// Bytes of RAM on this machine (an object read without a buffer must fit in it); SIZE_MAX when unknown.
+uint64_t PhysicalMemory() {
+  static const uint64_t bytes = [] {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : UINT64_MAX;
+  }();
+  return bytes;
 }
 
 bool IsRetryableHttp(long status) { return status == 408 || status == 429 || (status >= 500 && status <= 599); }
@@ -424,7 +434,16 @@ size_t FetchEngine::State::Body(Transfer* t, char* buf, size_t len) {
   if (r.dst != nullptr) {
     std::memcpy(r.dst + t->written, buf, len);
   } else {
-    if (t->written == 0 && t->content_length > 0) t->owned.reserve(static_cast<size_t>(t->content_length));
+    if (t->written == 0 && t->content_length > 0) {
+      if (static_cast<uint64_t>(t->content_length) > PhysicalMemory()) {  // refused before any allocation
+        return t->Abort(FetchStatus{ErrorKind::kBufferTooSmall, static_cast<int>(t->http_status), 0,
+                                    t->Describe() + " has " + std::to_string(t->content_length) +
+                                        " bytes (Content-Length), more than this machine's memory (" +
+                                        std::to_string(PhysicalMemory()) + " bytes): read it in ranges"},
+                        false);
+      }
+      t->owned.reserve(static_cast<size_t>(t->content_length));
+    }
     t->owned.insert(t->owned.end(), buf, buf + len);
   }
   t->written += len;

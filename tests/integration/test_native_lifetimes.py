@@ -241,7 +241,9 @@ def test_huge_content_length_without_a_buffer_is_a_clear_error():
             while True:
                 c, _ = srv.accept()
                 c.recv(65536)
-                # 4 PiB: more than any process can allocate (the engine reserves Content-Length bytes)
+                # 4 PiB: more than any machine holds (the engine reserves Content-Length bytes for an object
+                # read without a buffer; a bad_alloc there used to be caught in the callback, and is now refused
+                # before any allocation: under ASan operator new cannot throw, it aborts)
                 c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 4503599627370496\\r\\n\\r\\n" + b"x" * 100)
                 time.sleep(0.5)
                 c.close()
@@ -255,4 +257,4 @@ def test_huge_content_length_without_a_buffer_is_a_clear_error():
         f.close()
         print("ok", flush=True)
     ''')
-    _assert_clean(r, "refused:", "out of memory", "ok")
+    _assert_clean(r, "refused:", "memory", "ok")
