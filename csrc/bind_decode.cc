@@ -9,6 +9,7 @@
 
 #include "augment.h"
 #include "bind_augment.h"
+#include "bind_buffers.h"
 #include "bind_errors.h"
 #include "jpeg_decoder.h"
 #include "sample_rng.h"
@@ -17,32 +18,6 @@ namespace py = pybind11;
 
 namespace hivedata {
 namespace {
-
-// A Py_buffer held for the lifetime of the object (the exporter keeps the memory in place).
-class HeldBuffer {
- public:
-  HeldBuffer(const py::handle& obj, bool writable, const char* what) {
-    const int flags = writable ? (PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) : PyBUF_C_CONTIGUOUS;
-    if (PyObject_GetBuffer(obj.ptr(), &view_, flags) != 0) {
-      if (!writable) throw py::error_already_set();  // TypeError / BufferError as Python says
-      py::error_already_set cause;
-      throw py::value_error(std::string(what) + " must be a writable C-contiguous uint8 buffer: " + cause.what());
-    }
-    held_ = true;
-  }
-  HeldBuffer(const HeldBuffer&) = delete;
-  HeldBuffer& operator=(const HeldBuffer&) = delete;
-  ~HeldBuffer() {
-    if (held_) PyBuffer_Release(&view_);
-  }
-  const Py_buffer& view() const { return view_; }
-  uint8_t* data() const { return static_cast<uint8_t*>(view_.buf); }
-  size_t size() const { return static_cast<size_t>(view_.len); }
-
- private:
-  Py_buffer view_{};
-  bool held_ = false;
-};
 
 // Any Python int, taken modulo 2**64 (so negative seeds work too).
 uint64_t ToU64(const py::int_& v) {
@@ -72,7 +47,7 @@ py::tuple ChooseCropPy(int width, int height, const py::int_& sample_seed, bool 
 }
 
 py::tuple JpegHeaderPy(const py::object& data, const std::string& name) {
-  HeldBuffer src(data, false, "data");
+  Lent src(data, false, "data");
   int w = 0, h = 0, c = 0;
   bool progressive = false;
   FetchStatus st;
@@ -91,8 +66,8 @@ py::dict DecodeImagePy(const py::object& data, const py::object& out, const py::
   const AugmentParams p =
       MakeAugmentParams(train, out_h, out_w, scale, ratio, flip_p, eval_crop_ratio, max_pixels, strict);
   const uint64_t seed = ToU64(sample_seed);
-  HeldBuffer src(data, false, "data");
-  HeldBuffer dst(out, true, "out");
+  Lent src(data, false, "data");
+  Lent dst(out, true, "out");
   if (dst.view().itemsize != 1 || !IsUint8Format(dst.view().format)) {
     throw py::value_error(std::string("out must be a uint8 buffer, got format '") +
                           (dst.view().format ? dst.view().format : "B") + "'");

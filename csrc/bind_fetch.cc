@@ -2,17 +2,14 @@
 // with the GIL released and Ctrl-C honoured.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
-#include <unistd.h>
 
-#include <algorithm>
-#include <chrono>
 #include <memory>
 #include <optional>
-#include <unordered_map>
 #include <unordered_set>
 
 #include "bind_buffers.h"
 #include "bind_errors.h"
+#include "bind_handle.h"
 #include "bind_transport.h"
 #include "crc32c.h"
 #include "fetch_engine.h"
@@ -22,8 +19,6 @@ namespace py = pybind11;
 
 namespace hivedata {
 namespace {
-
-constexpr double kWaitSlice = 0.05;  // seconds between signal checks while waiting
 
 struct PyResult {
   uint64_t tag;
@@ -38,7 +33,7 @@ struct PyResult {
 
 class PyFetchEngine {
  public:
-  explicit PyFetchEngine(EngineOptions opt) : engine_(std::make_unique<FetchEngine>(std::move(opt))) {}
+  explicit PyFetchEngine(EngineOptions opt) : engine_(std::make_unique<FetchEngine>(std::move(opt)), "fetch engine") {}
 
   ~PyFetchEngine() { Close(); }
 
@@ -73,32 +68,25 @@ class PyFetchEngine {
       }
       reqs.push_back(std::move(r));
     }
+    e->Start();  // a thread that cannot start is an exception before any buffer is lent
     for (auto& kv : lent) lent_.emplace(kv.first, std::move(kv.second));
-    py::gil_scoped_release release;
-    e->Submit(std::move(reqs));
+    try {
+      engine_.Released([&](FetchEngine& engine) { engine.Submit(std::move(reqs)); });
+    } catch (...) {
+      for (auto& kv : lent) lent_.erase(kv.first);  // taken by none: Submit throws before taking any
+      throw;
+    }
   }
 
   // Finished results in completion order; waits (GIL released, Ctrl-C honoured) up to timeout
   // for the first one, or until nothing is outstanding. timeout None waits as long as needed.
+  // close() from another thread raises RuntimeError here.
   py::list Poll(size_t max, std::optional<double> timeout) {
-    FetchEngine* e = Engine();
+    Engine();
     std::vector<FetchResult> out;
-    auto start = std::chrono::steady_clock::now();
-    while (true) {
-      if (e->Outstanding() == 0 || e->TokenWanted()) break;
-      double remaining = kWaitSlice;
-      if (timeout) {
-        double spent = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        remaining = std::min(kWaitSlice, *timeout - spent);
-      }
-      {
-        py::gil_scoped_release release;
-        e->Poll(&out, max, std::max(remaining, 0.0), /*wake_for_token=*/true);
-      }
-      if (!out.empty()) break;
-      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-      if (timeout && remaining <= 0) break;
-    }
+    engine_.WaitSliced(
+        timeout, [](FetchEngine& e) { return e.Outstanding() == 0 || e.TokenWanted(); },
+        [&](FetchEngine& e, double slice) { return e.Poll(&out, max, slice, /*wake_for_token=*/true) > 0; });
     py::list res;
     for (FetchResult& r : out) {
       PyResult p{r.tag, std::move(r.bucket), std::move(r.object), std::move(r.status), r.nbytes, r.attempts,
@@ -114,7 +102,8 @@ class PyFetchEngine {
     return res;
   }
 
-  void CancelAll() { Engine()->CancelAll(); }
+  // Asynchronous: the cancelled results arrive through poll().
+  void RequestCancelAll() { Engine()->RequestCancelAll(); }
 
   size_t Outstanding() { return Engine()->Outstanding(); }
 
@@ -126,27 +115,23 @@ class PyFetchEngine {
 
   bool TokenWanted() { return Engine()->TokenWanted(); }
 
+  // Stops and joins the I/O thread (no more writes into lent buffers), ends every poll() waiting in other
+  // threads, then gives the buffers back. Safe from any thread, and at interpreter exit.
   void Close() {
-    if (engine_) {
-      std::unique_ptr<FetchEngine> e = std::move(engine_);
-      {
-        py::gil_scoped_release release;
-        e.reset();  // stops and joins the I/O thread; no more writes into lent buffers
-      }
-    }
+    engine_.Close([](FetchEngine& e) { e.Shutdown(); });
     lent_.clear();
   }
 
-  bool closed() const { return !engine_; }
+  bool closed() const { return engine_.closed(); }
 
  private:
   FetchEngine* Engine() {
-    if (!engine_) throw std::runtime_error("the fetch engine is closed");
+    FetchEngine* e = engine_.Get();
     lent_.ForgetIfForked();
-    return engine_.get();
+    return e;
   }
 
-  std::unique_ptr<FetchEngine> engine_;
+  SharedHandle<FetchEngine> engine_;
   LentMap<Lent> lent_;
 };
 
@@ -185,7 +170,8 @@ void BindFetch(py::module_& m) {
       .def("set_token", &PyFetchEngine::SetToken, py::arg("token"))
       .def("submit", &PyFetchEngine::Submit, py::arg("requests"))
       .def("poll", &PyFetchEngine::Poll, py::arg("max") = static_cast<size_t>(1) << 20, py::arg("timeout") = py::none())
-      .def("cancel_all", &PyFetchEngine::CancelAll)
+      .def("cancel_all", &PyFetchEngine::RequestCancelAll,
+           "Asks every request submitted so far to finish as cancelled; returns at once (results come via poll)")
       .def("stats", &PyFetchEngine::Stats)
       .def("close", &PyFetchEngine::Close)
       .def_property_readonly("outstanding", &PyFetchEngine::Outstanding)

@@ -2,16 +2,14 @@
 // output slot), poll finished batches (PipelineResult) with the GIL released and Ctrl-C honoured.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <memory>
 #include <optional>
-#include <unordered_map>
 
 #include "bind_augment.h"
 #include "bind_buffers.h"
+#include "bind_handle.h"
 #include "bind_transport.h"
 #include "bind_errors.h"
 #include "pipeline.h"
@@ -20,8 +18,6 @@ namespace py = pybind11;
 
 namespace hivedata {
 namespace {
-
-constexpr double kWaitSlice = 0.05;
 
 struct LentBatch {
   Lent arena;
@@ -85,7 +81,7 @@ void ReadPlan(const py::handle& plan, const std::vector<uint64_t>& seeds, std::v
 
 class PyPipeline {
  public:
-  explicit PyPipeline(PipelineOptions opt) : p_(std::make_unique<Pipeline>(std::move(opt))) {}
+  explicit PyPipeline(PipelineOptions opt) : p_(std::make_unique<Pipeline>(std::move(opt)), "pipeline") {}
   ~PyPipeline() { Close(); }
 
   void SetToken(std::string token) { Get()->SetToken(std::move(token)); }
@@ -115,35 +111,26 @@ class PyPipeline {
     uint8_t* out_ptr = lb.out.held() ? lb.out.data() : nullptr;
     lent_.emplace(batch_id, std::move(lb));  // before C++ may touch them
     try {
-      py::gil_scoped_release release;
-      p->Submit(batch_id, bucket, std::move(items), std::move(spans), arena_ptr, arena_size, out_ptr);
+      p_.Released([&](Pipeline& pl) {
+        pl.Submit(batch_id, bucket, std::move(items), std::move(spans), arena_ptr, arena_size, out_ptr);
+      });
     } catch (...) {
+      // Pipeline::Submit throws only before it took the batch (a batch once taken completes, failing what it
+      // cannot fetch); a close() meanwhile stopped every thread that could still touch the buffers.
       lent_.erase(batch_id);
       throw;
     }
   }
 
   // The next finished batch, or None when none finished within `timeout` (None: wait while any is outstanding).
+  // close() from another thread raises RuntimeError here.
   py::object Poll(std::optional<double> timeout) {
-    Pipeline* p = Get();
+    Get();
     BatchResult r;
-    bool got = false;
-    auto start = std::chrono::steady_clock::now();
-    while (!got) {
-      if (p->Outstanding() == 0 || p->TokenWanted()) return py::none();
-      double slice = kWaitSlice;
-      if (timeout) {
-        double spent = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        slice = std::min(kWaitSlice, *timeout - spent);
-      }
-      {
-        py::gil_scoped_release release;
-        got = p->Poll(&r, std::max(slice, 0.0));
-      }
-      if (got) break;
-      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-      if (timeout && slice <= 0) return py::none();
-    }
+    const bool got = p_.WaitSliced(
+        timeout, [](Pipeline& p) { return p.Outstanding() == 0 || p.TokenWanted(); },
+        [&](Pipeline& p, double slice) { return p.Poll(&r, slice); });
+    if (!got) return py::none();
     lent_.erase(r.batch_id);
     PyBatchResult out;
     out.batch_id = r.batch_id;
@@ -158,7 +145,8 @@ class PyPipeline {
     return py::cast(std::move(out));
   }
 
-  void CancelAll() { Get()->CancelAll(); }
+  // Asynchronous: the cancelled batches arrive through poll().
+  void RequestCancelAll() { Get()->RequestCancelAll(); }
   size_t Outstanding() { return Get()->Outstanding(); }
   bool TokenWanted() { return Get()->TokenWanted(); }
 
@@ -195,23 +183,21 @@ class PyPipeline {
     return d;
   }
 
+  // Stops every native thread (nothing writes into lent buffers after this), ends every poll() waiting in
+  // other threads, then gives the buffers back. Safe from any thread.
   void Close() {
-    if (p_) {
-      std::unique_ptr<Pipeline> p = std::move(p_);
-      py::gil_scoped_release release;
-      p.reset();  // joins every thread: nothing writes into lent buffers after this
-    }
+    p_.Close([](Pipeline& p) { p.Shutdown(); });
     lent_.clear();
   }
 
  private:
   Pipeline* Get() {
-    if (!p_) throw std::runtime_error("the pipeline is closed");
+    Pipeline* p = p_.Get();
     lent_.ForgetIfForked();
-    return p_.get();
+    return p;
   }
 
-  std::unique_ptr<Pipeline> p_;
+  SharedHandle<Pipeline> p_;
   LentMap<LentBatch> lent_;
 };
 
@@ -239,7 +225,8 @@ void BindPipeline(py::module_& m) {
       .def("submit", &PyPipeline::Submit, py::arg("batch_id"), py::arg("plan"), py::arg("seeds"), py::arg("arena"),
            py::arg("out"))
       .def("poll", &PyPipeline::Poll, py::arg("timeout") = py::none())
-      .def("cancel_all", &PyPipeline::CancelAll)
+      .def("cancel_all", &PyPipeline::RequestCancelAll,
+           "Asks every batch in flight to finish as cancelled; returns at once (the batches come via poll)")
       .def("stats", &PyPipeline::Stats)
       .def("close", &PyPipeline::Close)
       .def_property_readonly("outstanding", &PyPipeline::Outstanding)

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
+#include <system_error>
 #include <unordered_map>
 
 #include "crc32c.h"
@@ -62,6 +63,15 @@ bool IsCertificateError(CURLcode rc) {
   }
 }
 
+// Bytes of RAM on this machine (an object read without a buffer must fit in it); SIZE_MAX when unknown.
+uint64_t PhysicalMemory() {
+  static const uint64_t bytes = [] {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : UINT64_MAX;
+  }();
+  return bytes;
+}
+
 bool IsRetryableHttp(long status) { return status == 408 || status == 429 || (status >= 500 && status <= 599); }
 
 std::string Lower(std::string s) {
@@ -94,7 +104,7 @@ struct Transfer {
   curl_slist* headers = nullptr;
   CURL* easy = nullptr;  // while an attempt runs
   int attempts = 0;
-  uint64_t seq = 0;  // the Submit() call it came from: CancelAll() only reaches earlier submissions
+  uint64_t seq = 0;  // the Submit() call it came from: RequestCancelAll() only reaches earlier submissions
   Clock::time_point first_start{};
   Clock::time_point attempt_start{};
   Clock::time_point ready_at{};  // delayed: when to retry; waiting for a token: when to give up
@@ -189,12 +199,7 @@ struct FetchEngine::State {
   }
 
   ~State() {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      stop = true;
-    }
-    curl_multi_wakeup(multi);
-    if (io.joinable()) io.join();
+    Stop();
     for (auto& kv : active) {
       curl_multi_remove_handle(multi, kv.first);
       curl_slist_free_all(kv.second->headers);
@@ -213,12 +218,31 @@ struct FetchEngine::State {
     inflight_limit = h2 ? opt.max_in_flight : std::min(opt.max_in_flight, conns_h1);
   }
 
+  // Starts the I/O thread once; a thread that cannot start is an exception that leaves nothing running and
+  // nothing marked started, so a later call tries again.
   void EnsureStarted() {
     std::lock_guard<std::mutex> lock(mu);
-    if (!started) {
-      started = true;
+    if (stop) throw std::runtime_error("the fetch engine is closed");
+    if (started) return;
+    try {
       io = std::thread([this] { Run(); });
+    } catch (const std::system_error& e) {
+      throw std::runtime_error(std::string("could not start the fetch engine's I/O thread (") + e.what() +
+                               "): too many threads for this process or user (RLIMIT_NPROC, pids cgroup)?");
     }
+    started = true;
+  }
+
+  // Stops and joins the I/O thread for good and wakes every Poll.
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop = true;
+    }
+    results_cv.notify_all();
+    curl_multi_wakeup(multi);
+    std::lock_guard<std::mutex> join_lock(join_mu);
+    if (io.joinable()) io.join();
   }
 
   void Run();
@@ -237,6 +261,7 @@ struct FetchEngine::State {
   void CountActive() { n_active.store(active.size(), std::memory_order_relaxed); }
 
   static size_t OnHeader(char* buf, size_t size, size_t n, void* userp);
+  static size_t AbortFromCallback(Transfer* t, ErrorKind kind, const char* doing, const char* why) noexcept;
   static size_t OnBody(char* buf, size_t size, size_t n, void* userp);
   static size_t Body(Transfer* t, char* buf, size_t len);
 
@@ -251,6 +276,7 @@ struct FetchEngine::State {
   CURLM* multi = nullptr;
   CURLSH* share = nullptr;
   std::thread io;
+  std::mutex join_mu;  // one joiner of io at a time
 
   // Guarded by mu.
   std::mutex mu;
@@ -262,7 +288,7 @@ struct FetchEngine::State {
   bool stop = false;
   bool started = false;
   uint64_t submit_seq = 0;  // Submit() calls so far
-  uint64_t cancel_upto = 0;  // pending CancelAll(): cancel transfers with seq <= this (0: none)
+  uint64_t cancel_upto = 0;  // pending RequestCancelAll(): cancel transfers with seq <= this (0: none)
 
   // I/O thread only.
   std::deque<std::unique_ptr<Transfer>> ready;
@@ -328,8 +354,24 @@ size_t FetchEngine::State::OnHeader(char* buf, size_t size, size_t n, void* user
     }
     return len;
   } catch (const std::exception& e) {
-    return t->Abort(FetchStatus{ErrorKind::kNetwork, 0, 0, "reading the headers of " + t->Describe() + ": " + e.what()},
+    return AbortFromCallback(t, ErrorKind::kNetwork, "reading the headers of ", e.what());
+  } catch (...) {
+    return AbortFromCallback(t, ErrorKind::kNetwork, "reading the headers of ", "unknown exception");
+  }
+}
+
+// Fails the transfer from inside a libcurl callback and never throws: should even the message fail to be
+// built (memory exhausted), the status keeps its kind and a fixed text.
+size_t FetchEngine::State::AbortFromCallback(Transfer* t, ErrorKind kind, const char* doing,
+                                             const char* why) noexcept {
+  try {
+    return t->Abort(FetchStatus{kind, static_cast<int>(t->http_status), 0, doing + t->Describe() + ": " + why},
                     false);
+  } catch (...) {
+    t->abort_status.kind = kind;
+    t->abort_status.http_status = static_cast<int>(t->http_status);
+    t->abort_retryable = false;
+    return 0;
   }
 }
 
@@ -338,9 +380,9 @@ size_t FetchEngine::State::OnBody(char* buf, size_t size, size_t n, void* userp)
   try {  // nothing may unwind through libcurl (a bad_alloc for a huge object read without a buffer)
     return Body(t, buf, size * n);
   } catch (const std::exception& e) {
-    return t->Abort(FetchStatus{ErrorKind::kBufferTooSmall, static_cast<int>(t->http_status), 0,
-                                "cannot hold " + t->Describe() + " in memory: " + e.what()},
-                    false);
+    return AbortFromCallback(t, ErrorKind::kBufferTooSmall, "out of memory holding ", e.what());
+  } catch (...) {
+    return AbortFromCallback(t, ErrorKind::kBufferTooSmall, "out of memory holding ", "unknown exception");
   }
 }
 
@@ -392,7 +434,16 @@ size_t FetchEngine::State::Body(Transfer* t, char* buf, size_t len) {
   if (r.dst != nullptr) {
     std::memcpy(r.dst + t->written, buf, len);
   } else {
-    if (t->written == 0 && t->content_length > 0) t->owned.reserve(static_cast<size_t>(t->content_length));
+    if (t->written == 0 && t->content_length > 0) {
+      if (static_cast<uint64_t>(t->content_length) > PhysicalMemory()) {  // refused before any allocation
+        return t->Abort(FetchStatus{ErrorKind::kBufferTooSmall, static_cast<int>(t->http_status), 0,
+                                    t->Describe() + " has " + std::to_string(t->content_length) +
+                                        " bytes (Content-Length), more than this machine's memory (" +
+                                        std::to_string(PhysicalMemory()) + " bytes): read it in ranges"},
+                        false);
+      }
+      t->owned.reserve(static_cast<size_t>(t->content_length));
+    }
     t->owned.insert(t->owned.end(), buf, buf + len);
   }
   t->written += len;
@@ -733,7 +784,7 @@ void FetchEngine::State::Complete(std::unique_ptr<Transfer> t, FetchStatus statu
 }
 
 void FetchEngine::State::CancelUpTo(uint64_t seq) {
-  // Only transfers submitted before the CancelAll() call: a later Submit() (say, the next epoch's
+  // Only transfers submitted before the RequestCancelAll() call: a later Submit() (say, the next epoch's
   // first batch, queued before this thread got to the request) must not be cancelled with them.
   auto cancel = [this](std::unique_ptr<Transfer> t) {
     FetchStatus st{ErrorKind::kCancelled, 0, 0, "cancelled: " + t->Describe()};
@@ -866,22 +917,25 @@ FetchEngine::FetchEngine(EngineOptions options) : options_(std::move(options)) {
   }
   if (options_.streams_per_connection < 1) throw std::invalid_argument("streams_per_connection must be >= 1");
   state_ = new State(options_);
-  owner_pid_ = getpid();
 }
 
 FetchEngine::~FetchEngine() {
-  if (owner_pid_ == getpid()) delete state_;
+  if (owner_.Current()) delete state_;
 }
 
 FetchEngine::State* FetchEngine::state() {
-  pid_t pid = getpid();
-  if (pid != owner_pid_) {
+  if (owner_.AdoptIfForked()) {
     // Forked child: the parent's I/O thread does not exist here and its locks may be held.
     // Abandon that state (never touch it) and start afresh.
     state_ = new State(options_);
-    owner_pid_ = pid;
   }
   return state_;
+}
+
+void FetchEngine::Start() { state()->EnsureStarted(); }
+
+void FetchEngine::Shutdown() {
+  if (owner_.Current()) state_->Stop();  // in a forked child nothing of ours runs
 }
 
 void FetchEngine::SetToken(std::string token) {
@@ -896,7 +950,7 @@ void FetchEngine::SetToken(std::string token) {
 }
 
 bool FetchEngine::TokenWanted() const {
-  if (owner_pid_ != getpid()) return false;
+  if (!owner_.Current()) return false;
   return state_->token_wanted.load(std::memory_order_relaxed);
 }
 
@@ -949,7 +1003,7 @@ size_t FetchEngine::Poll(std::vector<FetchResult>* out, size_t max, double timeo
   std::unique_lock<std::mutex> lock(s->mu);
   if (s->results.empty() && timeout_s > 0) {
     s->results_cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [s, wake_for_token] {
-      return !s->results.empty() || (wake_for_token && s->token_wanted.load(std::memory_order_relaxed));
+      return s->stop || !s->results.empty() || (wake_for_token && s->token_wanted.load(std::memory_order_relaxed));
     });
   }
   size_t n = 0;
@@ -962,7 +1016,7 @@ size_t FetchEngine::Poll(std::vector<FetchResult>* out, size_t max, double timeo
   return n;
 }
 
-void FetchEngine::CancelAll() {
+void FetchEngine::RequestCancelAll() {
   State* s = state();
   {
     std::lock_guard<std::mutex> lock(s->mu);
@@ -972,13 +1026,13 @@ void FetchEngine::CancelAll() {
 }
 
 size_t FetchEngine::Outstanding() const {
-  if (owner_pid_ != getpid()) return 0;
+  if (!owner_.Current()) return 0;
   return state_->outstanding.load(std::memory_order_relaxed);
 }
 
 EngineStats FetchEngine::Stats() const {
   EngineStats st;
-  if (owner_pid_ != getpid()) return st;
+  if (!owner_.Current()) return st;
   const State* s = state_;
   st.submitted = s->submitted.load();
   st.succeeded = s->succeeded.load();

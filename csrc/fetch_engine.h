@@ -2,8 +2,6 @@
 // pool of keep-alive connections and a bounded number of transfers in flight.
 #pragma once
 
-#include <sys/types.h>
-
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -16,6 +14,7 @@
 
 #include "fetch_status.h"
 #include "latency_histogram.h"
+#include "process_owner.h"
 
 namespace hivedata {
 
@@ -94,8 +93,16 @@ class FetchEngine {
   // Moves up to `max` finished results into `out`, waiting up to `timeout_s` for the first (or, with
   // wake_for_token, until a request waits for a fresh token: the caller then calls SetToken).
   size_t Poll(std::vector<FetchResult>* out, size_t max, double timeout_s, bool wake_for_token = false);
-  // Finishes every queued and in-flight request with kCancelled.
-  void CancelAll();
+  // Asks the I/O thread to finish every request submitted so far with kCancelled and returns at once:
+  // the cancelled results arrive through Poll (Outstanding() drops as they are taken).
+  void RequestCancelAll();
+  // Starts the I/O thread now (else the first Submit does). Throws std::runtime_error when the thread
+  // cannot start (a thread limit: RLIMIT_NPROC, a pids cgroup), leaving nothing running; a later call retries.
+  void Start();
+  // Stops and joins the I/O thread for good and wakes every Poll; afterwards Poll returns at once and
+  // Submit throws. Requests not finished are abandoned (no thread writes into their buffers any more).
+  // Idempotent; must not run concurrently with Submit.
+  void Shutdown();
   // True while a request waits for a new token after a 401: call SetToken with a refreshed one.
   bool TokenWanted() const;
   EngineStats Stats() const;
@@ -109,7 +116,7 @@ class FetchEngine {
 
   EngineOptions options_;
   State* state_ = nullptr;  // leaked, never freed, in a forked child: its locks may be held
-  pid_t owner_pid_ = 0;
+  ProcessOwner owner_;
 };
 
 }  // namespace hivedata

@@ -1,6 +1,5 @@
 #include "pipeline.h"
 
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -10,10 +9,12 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 
 #include "crc32c.h"
+#include "gcs_url.h"
 #include "jpeg_decoder.h"
 #include "thread_pool.h"
 
@@ -48,23 +49,47 @@ struct Pipeline::State {
   }
 
   ~State() {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      stop = true;
-    }
-    if (dispatcher.joinable()) dispatcher.join();
-    pool.reset();  // runs the queued decode tasks to completion, then joins
-    engine.CancelAll();
+    Stop();
     for (auto& kv : live) delete kv.second;
     for (Batch* b : done) delete b;
   }
 
+  // Starts the decode pool, the fetch engine's I/O thread and the dispatcher once. A thread that cannot
+  // start is an exception; the pool then is gone again and nothing is marked started, so a later call
+  // tries again (an engine whose I/O thread did start keeps it, idle, until Stop).
   void EnsureStarted() {
     std::lock_guard<std::mutex> lock(mu);
+    if (stop) throw std::runtime_error("the pipeline is closed");
     if (started) return;
+    if (opt.decode) pool = std::make_unique<ThreadPool>(threads);  // throws with none of its threads left
+    try {
+      engine.Start();
+      dispatcher = std::thread([this] { Dispatch(); });
+    } catch (const std::system_error& e) {
+      pool.reset();
+      throw std::runtime_error(std::string("could not start the pipeline's dispatcher thread (") + e.what() +
+                               "): too many threads for this process or user (RLIMIT_NPROC, pids cgroup)?");
+    } catch (...) {
+      pool.reset();
+      throw;
+    }
     started = true;
-    if (opt.decode) pool = std::make_unique<ThreadPool>(threads);
-    dispatcher = std::thread([this] { Dispatch(); });
+  }
+
+  // Stops every thread for good: the engine first (no GET writes into an arena any more, and the dispatcher's
+  // Poll returns), then the dispatcher, then the pool (its queued decodes run to completion). Wakes every Poll.
+  void Stop() {
+    engine.Shutdown();
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop = true;
+    }
+    {
+      std::lock_guard<std::mutex> join_lock(join_mu);
+      if (dispatcher.joinable()) dispatcher.join();
+      pool.reset();
+    }
+    done_cv.notify_all();
   }
 
   void Dispatch() {
@@ -135,7 +160,29 @@ struct Pipeline::State {
       r.nbytes = nbytes;
       FinishSpan(b, k, std::move(r));
     }
-    if (!reqs.empty()) engine.Submit(std::move(reqs));
+    SubmitOrFail(b, std::move(reqs));
+  }
+
+  // Submits the GETs of b; when the engine refuses them (closed, out of memory), their spans fail instead,
+  // so that the batch still completes. b may be freed once the last of them finishes.
+  void SubmitOrFail(Batch* b, std::vector<FetchRequest> reqs) {
+    if (reqs.empty()) return;
+    std::vector<size_t> spans;
+    spans.reserve(reqs.size());
+    for (const FetchRequest& r : reqs) spans.push_back(static_cast<size_t>(r.tag & kIndexMask));
+    std::string why;
+    try {
+      engine.Submit(std::move(reqs));
+      return;
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    for (size_t k : spans) {
+      FetchResult r;  // attempts == 0: a GET that never ran is not split (each member would be refused alike)
+      r.status = FetchStatus{ErrorKind::kNetwork, 0, 0,
+                             "could not submit the GET of " + GcsUri(b->bucket, b->spans[k].object) + ": " + why};
+      FinishSpan(b, k, std::move(r));
+    }
   }
 
   // Moves `members` of span `span_no` into spans of their own (one GET each) and starts them; `rereads` is
@@ -192,7 +239,7 @@ struct Pipeline::State {
     const std::vector<size_t> items = b->spans[span_no].items;
     const bool whole = b->spans[span_no].start < 0;
     const bool cancelled = b->cancelled.load(std::memory_order_relaxed);
-    if (!r.status.ok() && items.size() > 1 && !whole && WorthSplitting(r.status) && !cancelled) {
+    if (!r.status.ok() && items.size() > 1 && !whole && WorthSplitting(r.status) && !cancelled && r.attempts > 0) {
       splits.fetch_add(1, std::memory_order_relaxed);
       SplitSpan(b, span_no, items, b->rereads[span_no]);
       return;
@@ -226,7 +273,7 @@ struct Pipeline::State {
       if (items.size() == 1) {  // the same span once more
         ++b->rereads[span_no];
         gets.fetch_add(1, std::memory_order_relaxed);
-        engine.Submit({Request(b, span_no)});
+        SubmitOrFail(b, {Request(b, span_no)});
       } else {  // only the members that failed, one GET each
         SplitSpan(b, span_no, again, static_cast<uint8_t>(b->rereads[span_no] + 1));
       }
@@ -277,7 +324,7 @@ struct Pipeline::State {
   static const std::string& ObjectOf(const Batch* b, size_t i) { return b->spans[b->span_of[i]].object; }
   // gs://bucket/object, or the object's name alone when the batch has no bucket (bytes from memory)
   static std::string Describe(const Batch* b, size_t i) {
-    return b->bucket.empty() ? ObjectOf(b, i) : "gs://" + b->bucket + "/" + ObjectOf(b, i);
+    return b->bucket.empty() ? ObjectOf(b, i) : GcsUri(b->bucket, ObjectOf(b, i));
   }
 
   void FinishSample(Batch* b) {
@@ -295,6 +342,7 @@ struct Pipeline::State {
   int threads = 1;
   std::unique_ptr<ThreadPool> pool;
   std::thread dispatcher;
+  std::mutex join_mu;  // one Stop() joins at a time
 
   mutable std::mutex mu;  // guards the members below
   std::condition_variable done_cv;
@@ -319,20 +367,19 @@ Pipeline::Pipeline(PipelineOptions options) : options_(std::move(options)) {
     throw std::invalid_argument("checksum_rereads must be within 0..16");
   }
   state_ = new State(options_);
-  owner_pid_ = getpid();
 }
 
 Pipeline::~Pipeline() {
-  if (owner_pid_ == getpid()) delete state_;
+  if (owner_.Current()) delete state_;
 }
 
 Pipeline::State* Pipeline::state() {
-  pid_t pid = getpid();
-  if (pid != owner_pid_) {  // forked child: start afresh, never touch the parent's state
-    state_ = new State(options_);
-    owner_pid_ = pid;
-  }
+  if (owner_.AdoptIfForked()) state_ = new State(options_);  // forked child: never touch the parent's state
   return state_;
+}
+
+void Pipeline::Shutdown() {
+  if (owner_.Current()) state_->Stop();  // in a forked child nothing of ours runs
 }
 
 void Pipeline::SetToken(std::string token) { state()->engine.SetToken(std::move(token)); }
@@ -347,7 +394,7 @@ std::vector<size_t> CheckSpans(const std::string& bucket, const std::vector<Pipe
   std::vector<size_t> span_of(items.size(), kNone);
   for (size_t k = 0; k < spans.size(); ++k) {
     const PipelineSpan& sp = spans[k];
-    const std::string what = "gs://" + bucket + "/" + sp.object;
+    const std::string what = GcsUri(bucket, sp.object);
     if (sp.items.empty()) throw std::invalid_argument("a span of " + what + " holds no item");
     if (sp.offset + sp.length > arena_size || sp.offset + sp.length < sp.offset) {
       throw std::invalid_argument("arena too small for a span of " + what);
@@ -416,7 +463,7 @@ bool Pipeline::Poll(BatchResult* out, double timeout_s) {
   {
     std::unique_lock<std::mutex> lock(s->mu);
     if (s->done.empty() && timeout_s > 0) {
-      s->done_cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [s] { return !s->done.empty(); });
+      s->done_cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [s] { return s->stop || !s->done.empty(); });
     }
     if (s->done.empty()) return false;
     b = s->done.front();
@@ -433,28 +480,28 @@ bool Pipeline::Poll(BatchResult* out, double timeout_s) {
   return true;
 }
 
-void Pipeline::CancelAll() {
+void Pipeline::RequestCancelAll() {
   State* s = state();
   {
     std::lock_guard<std::mutex> lock(s->mu);
     for (auto& kv : s->live) kv.second->cancelled.store(true);
   }
-  s->engine.CancelAll();
+  s->engine.RequestCancelAll();
 }
 
 size_t Pipeline::Outstanding() const {
-  if (owner_pid_ != getpid()) return 0;
+  if (!owner_.Current()) return 0;
   return state_->outstanding.load();
 }
 
 bool Pipeline::TokenWanted() const {
-  if (owner_pid_ != getpid()) return false;
+  if (!owner_.Current()) return false;
   return state_->engine.TokenWanted();
 }
 
 PipelineStats Pipeline::Stats() const {
   PipelineStats st;
-  if (owner_pid_ != getpid()) return st;
+  if (!owner_.Current()) return st;
   st.batches = state_->batches.load();
   st.decoded = state_->decoded.load();
   st.decode_errors = state_->decode_errors.load();

@@ -3,8 +3,6 @@
 // per-image path. A batch is reported once every one of its samples has finished or failed.
 #pragma once
 
-#include <sys/types.h>
-
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -12,6 +10,7 @@
 #include "augment.h"
 #include "fetch_engine.h"
 #include "fetch_status.h"
+#include "process_owner.h"
 
 namespace hivedata {
 
@@ -85,17 +84,23 @@ class Pipeline {
   Pipeline& operator=(const Pipeline&) = delete;
 
   void SetToken(std::string token);
-  // `arena` holds the encoded bytes; `out` (decode mode) receives items.size() images of
+  // Throws before taking the batch (std::invalid_argument, or std::runtime_error when a thread cannot
+  // start: nothing is left running) or takes it for good: once taken, a batch always completes, a GET that
+  // could not be submitted failing its samples. `arena` holds the encoded bytes; `out` (decode mode) receives items.size() images of
   // out_h*out_w*3 bytes each. Both must stay valid until the batch is polled. `spans` say which GET
   // fills which items; every item lies in exactly one span (std::invalid_argument otherwise). An item
   // with a crc32c is checked once its bytes are there, before it is decoded or reported done: a
   // mismatch reads it again (alone), up to options.checksum_rereads times, then fails with kChecksum.
   void Submit(uint64_t batch_id, const std::string& bucket, std::vector<PipelineItem> items,
               std::vector<PipelineSpan> spans, uint8_t* arena, size_t arena_size, uint8_t* out);
-  // Takes one finished batch, waiting up to timeout_s; false when none finished in time.
+  // Takes one finished batch, waiting up to timeout_s; false when none finished in time (or after Shutdown).
   bool Poll(BatchResult* out, double timeout_s);
-  // Cancels every unfinished fetch and decode; the batches still complete (with kCancelled samples).
-  void CancelAll();
+  // Asks every unfinished fetch and decode to stop and returns at once; the batches still complete (with
+  // kCancelled samples) and arrive through Poll.
+  void RequestCancelAll();
+  // Stops and joins every thread for good (the fetch engine's first: nothing writes into an arena or output
+  // slot afterwards) and wakes every Poll; Submit then throws. Idempotent; not concurrent with Submit.
+  void Shutdown();
   size_t Outstanding() const;  // batches submitted and not yet polled
   bool TokenWanted() const;    // a GET refused with 401 waits for SetToken (a fresh token)
   PipelineStats Stats() const;
@@ -107,7 +112,7 @@ class Pipeline {
 
   PipelineOptions options_;
   State* state_ = nullptr;  // abandoned (never freed) in a forked child: its locks may be held
-  pid_t owner_pid_ = 0;
+  ProcessOwner owner_;
 };
 
 }  // namespace hivedata

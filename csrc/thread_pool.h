@@ -5,6 +5,9 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -12,19 +15,23 @@ namespace hivedata {
 
 class ThreadPool {
  public:
+  // Starts `threads` workers. When one cannot start (a thread limit: RLIMIT_NPROC, a pids cgroup), those
+  // already started are stopped and joined, and std::runtime_error says so: nothing is left running.
   explicit ThreadPool(int threads) {
     if (threads < 1) threads = 1;
     workers_.reserve(threads);
-    for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { Work(); });
-  }
-  ~ThreadPool() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
+    for (int i = 0; i < threads; ++i) {
+      try {
+        workers_.emplace_back([this] { Work(); });
+      } catch (const std::system_error& e) {
+        StopAndJoin();
+        throw std::runtime_error("could not start decode thread " + std::to_string(i + 1) + " of " +
+                                 std::to_string(threads) + " (" + e.what() +
+                                 "): too many threads for this process or user (RLIMIT_NPROC, pids cgroup)?");
+      }
     }
-    cv_.notify_all();
-    for (auto& t : workers_) t.join();
   }
+  ~ThreadPool() { StopAndJoin(); }
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
@@ -39,6 +46,17 @@ class ThreadPool {
   size_t size() const { return workers_.size(); }
 
  private:
+  // Runs the queued tasks to completion, then joins every worker.
+  void StopAndJoin() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+  }
+
   void Work() {
     while (true) {
       std::function<void()> task;

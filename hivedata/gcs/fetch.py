@@ -70,6 +70,11 @@ _tags = itertools.count(1)
 
 
 def _close_all() -> None:
+    """At interpreter exit: stops every Fetcher's I/O thread; a thread still inside fetch() gets RuntimeError.
+
+    close() waits until every thread waiting in the engine has left it, and the engine's memory is freed by
+    the last one to let go of it, so nothing a live thread uses is freed here.
+    """
     for f in list(_live):
         f.close()
 
@@ -169,8 +174,8 @@ class Fetcher:
             raise RuntimeError("this Fetcher is already iterating a fetch(); use one Fetcher per stream")
         try:
             yield from self._fetch(iter(requests), buffers, order, errors, window or 4 * self.max_in_flight)
-        finally:
-            if self._engine.outstanding and not self._engine.closed:
+        finally:  # closed meanwhile (another thread, interpreter exit): the engine holds nothing any more
+            if not self._engine.closed and self._engine.outstanding:
                 self._drain()
             self._busy.release()
 
@@ -250,7 +255,7 @@ class Fetcher:
         return self._engine.stats()
 
     def close(self) -> None:
-        """Stops the engine's I/O thread; in-flight reads are abandoned."""
+        """Stops the engine's I/O thread; in-flight reads are abandoned, a fetch() in another thread raises."""
         self._engine.close()
         _live.discard(self)
 
