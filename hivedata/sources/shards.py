@@ -119,12 +119,12 @@ class ShardIndex(BucketSource):
                             shard_sizes=z["shard_sizes"], shard_generations=z["shard_generations"], shard=z["shard"],
                             starts=z["starts"], sizes=z["sizes"], labels=z["labels"], keys_blob=z["keys_blob"],
                             key_offsets=z["key_offsets"], crcs=z["crcs"] if "crcs" in z.files else None)
+                index.crcs = checked_crcs(index.crcs, len(index.sizes), what)
         # whatever numpy and zipfile raise on hostile bytes (wrong ranks, empty arrays, unsupported zip
         # features) means the same thing: not an index we wrote
         except (ValueError, KeyError, IndexError, TypeError, OSError, EOFError, NotImplementedError,
                 zipfile.BadZipFile, zipfile.LargeZipFile) as e:
             raise DataFormatError(f"{what} is not a hivedata shard index: {e}", url=what) from e
-        index.crcs = checked_crcs(index.crcs, len(index.sizes), what)
         return index
 
     def save(self, path: str | Path) -> None:
