@@ -122,7 +122,7 @@ class ShardIndex(BucketSource):
                 index.crcs = checked_crcs(index.crcs, len(index.sizes), what)
         # whatever numpy and zipfile raise on hostile bytes (wrong ranks, empty arrays, unsupported zip
         # features) means the same thing: not an index we wrote
-        except (ValueError, KeyError, IndexError, TypeError, OSError, EOFError, NotImplementedError,
+        except (ValueError, KeyError, IndexError, TypeError, ArithmeticError, OSError, EOFError, NotImplementedError,
                 zipfile.BadZipFile, zipfile.LargeZipFile) as e:
             raise DataFormatError(f"{what} is not a hivedata shard index: {e}", url=what) from e
         return index

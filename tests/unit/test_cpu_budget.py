@@ -144,11 +144,11 @@ def test_four_workers_divide_threads_and_gets_and_run_what_they_were_given(sourc
         with ds.make_loader(w, 4) as loader:
             it = iter(loader)
             next(it)
-            started = _threads() - before  # the native pipeline: decode threads + its fetch engine thread
+            started = _threads() - before  # the native pipeline: decode threads + its dispatcher + fetch I/O thread
             budgets.append(loader.stats()["budget"])
             assert loader.transport.max_in_flight == budgets[-1]["max_in_flight"]
             list(it)
-        assert started == budgets[-1]["threads"] + 1
+        assert started == budgets[-1]["threads"] + 2  # the pipeline starts all its threads up front
     assert [b["threads"] for b in budgets] == [3, 3, 2, 2]
     assert [b["max_in_flight"] for b in budgets] == [64] * 4
     assert sum(b["threads"] for b in budgets) <= 10 and sum(b["max_in_flight"] for b in budgets) <= 256
