@@ -123,7 +123,7 @@ class ShardIndex(BucketSource):
         # whatever numpy and zipfile raise on hostile bytes (wrong ranks, empty arrays, unsupported zip
         # features) means the same thing: not an index we wrote
         except (ValueError, KeyError, IndexError, TypeError, ArithmeticError, OSError, EOFError, NotImplementedError,
-                zipfile.BadZipFile, zipfile.LargeZipFile) as e:
+                RuntimeError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:  # RuntimeError: an encrypted member
             raise DataFormatError(f"{what} is not a hivedata shard index: {e}", url=what) from e
         return index
 
