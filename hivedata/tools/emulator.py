@@ -35,6 +35,18 @@ def emulator_binary() -> Path:
     return path
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminates a child process, killing it if it has not exited within `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -178,12 +190,7 @@ class Emulator:
     def stop(self) -> None:
         """Stops the server, restores STORAGE_EMULATOR_HOST and removes its temporary data."""
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            stop_process(self._proc)
             self._proc = None
         if self.export_env and os.environ.get(ENV_VAR) == self.url:
             if self._old_env is None:

@@ -11,14 +11,14 @@ import json
 import os
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from hivedata import Loader
 from hivedata.errors import FetchError
 from hivedata.gcs.fetch import Fetcher, ReadRequest
-from hivedata.tools.synthetic import SyntheticSpec, make_jpeg, wnids
+from hivedata.tools.synthetic import SyntheticSpec
+from tests.support.buckets import dataset_bucket
 from tests.support.fault_proxy import FaultProxy
 
 FAST_RETRY = dict(backoff_base_s=0.01, backoff_max_s=0.05)
@@ -37,15 +37,8 @@ def objects(gcs_emulator) -> tuple[str, dict[str, bytes]]:
 
 @pytest.fixture(scope="module")
 def images(gcs_emulator) -> str:
-    """200 small JPEGs in 4 class folders."""
-    bucket = "transport-images"
-    gcs_emulator.create_bucket(bucket)
-    ids = wnids(SPEC.num_classes)
-    jobs = [(f"train/{ids[c]}/{ids[c]}_{i}.JPEG", c, i) for c in range(SPEC.num_classes)
-            for i in range(SPEC.train_per_class)]
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda j: gcs_emulator.upload(bucket, j[0], make_jpeg(j[1], j[2], SPEC, "train")), jobs))
-    return bucket
+    """200 small JPEGs in 4 class folders under train/."""
+    return dataset_bucket(gcs_emulator, "transport-images", SPEC)
 
 
 @pytest.fixture

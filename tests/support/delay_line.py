@@ -388,13 +388,9 @@ class DelayLineProcess:
         """Stops the child."""
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        from hivedata.tools.emulator import stop_process  # the parent only: the child runs this file as a script
+
+        stop_process(self._proc)
         self._proc.stdout.close()
         self._proc = None
 
