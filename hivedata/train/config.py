@@ -102,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--client_mode", action="store_true", help="not reachable from outside: connect out only")
     s.add_argument("--matchmaking_time", type=float, default=5.0, help="seconds to gather peers for averaging")
     s.add_argument("--averaging_timeout", type=float, default=60.0, help="give up an averaging round after this")
+    o = p.add_argument_group(
+        "overlap", "hivemind's delayed updates: averaging and the optimizer step run in the background while the "
+                   "next gradients are computed, so the accelerator does not idle at the end of each global epoch. "
+                   "The price is one step of staleness (gradients are computed on parameters one update old). "
+                   "Worth it when compute runs on an accelerator; on a CPU peer the averaging competes with "
+                   "training for the same cores and gains nothing")
+    o.add_argument("--delayed_updates", default="auto", choices=["auto", "on", "off"],
+                   help="average gradients and run the optimizer step in the background (hivemind's "
+                        "delay_grad_averaging + delay_optimizer_step); auto: on with --device cuda, else off")
+    o.add_argument("--offload_optimizer", default="auto", choices=["auto", "on", "off"],
+                   help="keep the optimizer state in host memory (saves accelerator memory; needed by "
+                        "--delayed_updates); auto: on, as hivemind does")
+    o.add_argument("--delay_state_averaging", default="auto", choices=["auto", "on", "off"],
+                   help="average parameters and BatchNorm statistics in the background; auto: on, as hivemind does")
     c = p.add_argument_group("checkpoints and metrics")
     c.add_argument("--checkpoint_dir", default=None, help="local directory or gs://bucket/prefix")
     c.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in --checkpoint_dir")
@@ -149,6 +163,8 @@ def validate(args: argparse.Namespace) -> list[str]:
             parse_cache_size(args.cache_size)
         except ValueError as e:
             problems.append(f"--cache_size: {e}")
+    if args.delayed_updates == "on" and args.offload_optimizer == "off":
+        problems.append("--delayed_updates on needs the optimizer offloaded: drop --offload_optimizer off")
     if not 0 <= args.label_smoothing < 1:
         problems.append(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
     return problems

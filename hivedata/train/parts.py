@@ -26,6 +26,7 @@ from hivedata.train.checkpoint import CheckpointStore
 from hivedata.train.join import start_dht
 from hivedata.train.models import build_model, param_groups
 from hivedata.train.optim import optimizer_factory
+from hivedata.train.overlap import from_args as overlap_settings
 from hivedata.train.schedule import scheduler_factory
 from hivedata.train.swarm import PeerRegistry, announce, initial_peers, peer_seed, visible_maddrs
 from hivedata.train.swarm_optimizer import SwarmOptimizer, leave_swarm
@@ -227,6 +228,7 @@ def build_learner(args: argparse.Namespace, *, dht: hivemind.DHT, device: torch.
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if args.compile and device.type == "cuda" else model
     total, warmup = schedule_length(args, train_samples)
+    overlap = overlap_settings(args, device)
     opt = SwarmOptimizer(
         dht=dht, run_id=args.run_id, params=param_groups(model, args.weight_decay),
         optimizer=optimizer_factory(args.optimizer, lr=args.lr, weight_decay=args.weight_decay),
@@ -234,7 +236,8 @@ def build_learner(args: argparse.Namespace, *, dht: hivemind.DHT, device: torch.
         batch_size_per_step=args.batch_size, target_batch_size=args.target_batch_size,
         matchmaking_time=args.matchmaking_time, averaging_timeout=args.averaging_timeout,
         grad_compression=Float16Compression(), state_averaging_compression=Float16Compression(),
-        extra_tensors=bn_buffers(model), client_mode=args.client_mode, verbose=False)
+        extra_tensors=bn_buffers(model), client_mode=args.client_mode, verbose=False, **overlap.kwargs())
+    log.info("averaging: %s", overlap.describe())
     return Learner(model=model, forward=forward, opt=opt, total_global_epochs=total)
 
 

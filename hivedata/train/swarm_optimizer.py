@@ -1,10 +1,11 @@
 """The trainer's hivemind.Optimizer: it records each gradient round's group size, and it leaves the swarm quietly.
 
 Group size. hivemind 1.1.12 keeps the StepControl of the gradient-averaging round in the public attribute
-``Optimizer.scheduled_grads``. After a ``step()`` that moved to the next global epoch (without
-``delay_grad_averaging``, as here) it holds the control of the round that step used -- a future whose result is
-the group's gathered data, one entry per peer -- or None when no round began (a lone peer skips averaging).
-So no private method needs overriding: :class:`SwarmOptimizer` reads it right after such a step.
+``Optimizer.scheduled_grads``. After a ``step()`` that moved to the next global epoch it holds the control of the
+round that step used -- a future whose result is the group's gathered data, one entry per peer -- or None when no
+round began (a lone peer skips averaging). So no private method needs overriding: :class:`SwarmOptimizer` reads
+it right after such a step. With ``delay_grad_averaging`` that round is still running then (it overlaps the next
+epoch's compute): the control is kept and read at a later step, once it has finished.
 
 Leaving quietly. An averager process that looks for a group polls the DHT hundreds of times a second; each
 request carries a pipe that the DHT process fetches from the sender's ``multiprocessing`` resource sharer when it
@@ -56,8 +57,8 @@ def install_cancel_fix() -> None:
 class SwarmOptimizer(hivemind.Optimizer):
     """hivemind.Optimizer that remembers how many peers each gradient-averaging round included.
 
-    The size is read right after the step that ended the round, so it needs delay_grad_averaging=False
-    (hivemind's default; with it on, the round is still running then and every size reads as 1).
+    Without delay_grad_averaging the size is read right after the step that ended the round; with it, the round's
+    control is kept until it finishes (checked at every later step) and its size recorded then.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -66,15 +67,30 @@ class SwarmOptimizer(hivemind.Optimizer):
         self.last_group_size = 1
         self.group_sizes: list[tuple[int, int]] = []  # (global epoch of the round, peers averaged with)
         self._downloaded = False  # the epoch moved because the state came from peers, not from a round
+        self._running: list[tuple[int, StepControl]] = []  # delayed rounds still averaging: (epoch, control)
 
     def step(self, *args: Any, **kwargs: Any) -> Any:
         """hivemind's step(); when it ends a global epoch, records the size of that epoch's gradient round."""
         epoch, self._downloaded = self.local_epoch, False
         loss = super().step(*args, **kwargs)
         if self.local_epoch != epoch and not self._downloaded:
-            self.last_group_size = round_group_size(self.scheduled_grads)
-            self.group_sizes.append((epoch, self.last_group_size))
+            control = self.scheduled_grads
+            if self.delay_grad_averaging and control is not None and not control.done():
+                self._running.append((epoch, control))
+            else:
+                self._record(epoch, round_group_size(control))
+        self._collect_finished_rounds()
         return loss
+
+    def _record(self, epoch: int, size: int) -> None:
+        self.last_group_size = size
+        self.group_sizes.append((epoch, size))
+
+    def _collect_finished_rounds(self) -> None:
+        """Records the sizes of delayed rounds that have finished since the last step, oldest first."""
+        while self._running and self._running[0][1].done():
+            epoch, control = self._running.pop(0)
+            self._record(epoch, round_group_size(control))
 
     def load_state_from_peers(self, **kwargs: Any) -> None:
         """hivemind's download of the swarm's state (an epoch reached this way had no gradient round here)."""

@@ -116,13 +116,14 @@ def tiny_optimizer(dht: hivemind.DHT, run_id: str, **kwargs) -> tuple[nn.Module,
     return model, opt
 
 
-def _peer(initial_peers: list[str], out: mp.Queue) -> None:
+def _peer(initial_peers: list[str], out: mp.Queue, delayed: bool = False) -> None:
     """One peer in its own process: peers in one process -- or forked from one that used hivemind -- share
     hivemind's process-wide signing key, and their progress reports would look like one peer's."""
     mp.set_start_method("fork", force=True)  # a spawned child defaults to spawn; hivemind forks its helpers
     dht = hivemind.DHT(start=True, host_maddrs=LOOPBACK, initial_peers=initial_peers)
     out.put([str(m) for m in dht.get_visible_maddrs()])
-    model, opt = tiny_optimizer(dht, "pair", target_batch_size=64, matchmaking_time=2, averaging_timeout=15)
+    overlap = dict(delay_optimizer_step=True, delay_grad_averaging=True, offload_optimizer=True) if delayed else {}
+    model, opt = tiny_optimizer(dht, "pair", target_batch_size=64, matchmaking_time=2, averaging_timeout=15, **overlap)
     try:
         deadline = time.monotonic() + 90
         while opt.local_epoch < 4 and time.monotonic() < deadline:
@@ -135,12 +136,14 @@ def _peer(initial_peers: list[str], out: mp.Queue) -> None:
         leave_swarm(opt, dht)
 
 
-def test_two_peers_record_their_rounds_as_groups_of_two():
+@pytest.mark.parametrize("delayed", [False, True], ids=["in-step", "delayed-updates"])
+def test_two_peers_record_their_rounds_as_groups_of_two(delayed):
+    """With delayed updates the round finishes after the step that began it: its size is read when it is done."""
     ctx = mp.get_context("spawn")
     queues = [ctx.Queue(), ctx.Queue()]
-    first = ctx.Process(target=_peer, args=([], queues[0]))
+    first = ctx.Process(target=_peer, args=([], queues[0], delayed))
     first.start()
-    second = ctx.Process(target=_peer, args=(queues[0].get(timeout=60), queues[1]))
+    second = ctx.Process(target=_peer, args=(queues[0].get(timeout=60), queues[1], delayed))
     second.start()
     try:
         queues[1].get(timeout=60)  # the second peer's addresses
