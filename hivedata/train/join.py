@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,6 +20,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 2.0
+REACHABILITY_HINT = ("check that the other peers' --host_port is open to this machine (firewall, cloud security "
+                     "group); a peer behind NAT must announce a reachable address with --announce_maddr "
+                     "/ip4/<public ip>/tcp/<port> (and forward that port); a machine that can only connect out "
+                     "runs with --client_mode")
 
 
 def tcp_endpoint(maddr: str) -> tuple[str, int] | None:
@@ -70,8 +75,9 @@ def start_dht(peers: list[str], make_dht: Callable[[list[str]], Any], *, client_
                            f"({', '.join(peers[:3])}{' ...' if len(peers) > 3 else ''}); a client-mode peer "
                            "cannot start a swarm: start a reachable peer first")
     if peers and not live:
-        log.warning("none of the %d known peer address(es) answered (a crashed or restarted swarm?): starting a new "
-                    "swarm; later peers will find this one", len(peers))
+        log.warning("none of the %d known peer address(es) answered (a crashed or restarted swarm, or they are not "
+                    "reachable from here): starting a new swarm; later peers will find this one. If the other peers "
+                    "are running: %s", len(peers), REACHABILITY_HINT)
         return make_dht([])
     if not live:
         return make_dht([])
@@ -81,5 +87,48 @@ def start_dht(peers: list[str], make_dht: Callable[[list[str]], Any], *, client_
         if client_mode or "bootstrap" not in str(e).lower():
             raise
         log.warning("could not join any of %d initial peer(s) (%s): starting a new swarm; later peers will find "
-                    "this one", len(live), str(e).splitlines()[0][:200])
+                    "this one. If the other peers are running: %s", len(live), str(e).splitlines()[0][:200],
+                    REACHABILITY_HINT)
         return make_dht([])
+
+
+class AloneWatch:
+    """Warns once when this peer keeps stepping alone although the registry lists other live peers.
+
+    Registered peers are running. If none averages with this one for `epochs` global epochs in a row and at
+    least `min_s` seconds (a peer that just registered may still be building its index), the peers probably
+    cannot reach each other (ports, NAT): say so, with what to check, instead of training alone in silence.
+    """
+
+    def __init__(self, live_peers: Callable[[], list[str]] | None, *, epochs: int = 3, min_s: float = 120.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.live_peers, self.epochs, self.min_s, self.clock = live_peers, epochs, min_s, clock
+        self.alone_for, self.alone_since = 0, None
+        self.warned = False
+
+    def epoch_ended(self, group_size: int, epoch: int, training_peers: int = 1) -> bool:
+        """Records one global epoch's group size (and the peers hivemind sees training); True when it warned."""
+        if group_size > 1:
+            self.alone_for, self.alone_since = 0, None
+            return False
+        self.alone_for += 1
+        if self.alone_since is None:
+            self.alone_since = self.clock()
+        if (self.warned or self.live_peers is None or self.alone_for < self.epochs
+                or self.clock() - self.alone_since < self.min_s):
+            return False
+        try:
+            others = self.live_peers()
+        except Exception as e:  # the registry is advisory here: never stop training over it
+            log.debug("could not read the peer registry: %r", e)
+            return False
+        if not others:
+            return False
+        self.warned = True
+        seen = (f"hivemind sees {training_peers} peers training, but no round included this one" if training_peers > 1
+                else "none of them has been seen training through the DHT")
+        log.warning("global epoch %d: %d other peer address(es) are registered for this run, but this peer has "
+                    "stepped alone for %d global epochs (%.0f s): %s. If they are running, the peers cannot reach "
+                    "each other: %s", epoch, len(others), self.alone_for, self.clock() - self.alone_since, seen,
+                    REACHABILITY_HINT)
+        return True

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from hivedata.train.join import AloneWatch
 from hivedata.train.metrics import MetricsLog
 from hivedata.train.parts import TrainerParts, bn_buffers, build_parts, pick_device
 from hivedata.train.step_log import RunningLoss, default_log_every
@@ -74,6 +75,7 @@ class Trainer:
         self.best_top1 = 0.0
         self.last_top1: float | None = None
         self.stop_reason: str | None = None  # set by request_stop(): leave at the next step boundary
+        self.alone = AloneWatch(self.registry.live_peers if self.registry is not None else None)
 
     # -- state ------------------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -166,6 +168,7 @@ class Trainer:
                     epoch_seen = self.opt.local_epoch
                     bar.update(max(0, min(epoch_seen, bar.total) - bar.n))
                     row["averaged_with"] = self.opt.last_group_size
+                    self.alone.epoch_ended(self.opt.last_group_size, epoch_seen, row["peers"])
                     if self.opt.last_group_size != logged_group or epoch_seen % EPOCH_LOG_EVERY == 0:
                         logged_group = self.opt.last_group_size
                         with_whom = (f"averaged with {logged_group} peers" if logged_group > 1
