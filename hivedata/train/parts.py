@@ -236,7 +236,9 @@ def build_learner(args: argparse.Namespace, *, dht: hivemind.DHT, device: torch.
         batch_size_per_step=args.batch_size, target_batch_size=args.target_batch_size,
         matchmaking_time=args.matchmaking_time, averaging_timeout=args.averaging_timeout,
         grad_compression=Float16Compression(), state_averaging_compression=Float16Compression(),
-        extra_tensors=bn_buffers(model), client_mode=args.client_mode, verbose=False, **overlap.kwargs())
+        extra_tensors=bn_buffers(model), client_mode=args.client_mode, verbose=False, **overlap.kwargs(),
+        # hivemind: a leader's answer may take at most request_timeout, which must stay below the matchmaking time
+        averager_opts=dict(request_timeout=min(3.0, args.matchmaking_time / 2)))
     log.info("averaging: %s", overlap.describe())
     return Learner(model=model, forward=forward, opt=opt, total_global_epochs=total)
 
