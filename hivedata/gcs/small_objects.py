@@ -61,6 +61,12 @@ class SmallObjects:
         """Closes the connections."""
         self._session.close()
 
+    def __enter__(self) -> SmallObjects:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _request(self, method: str, url: str, what: str, bucket: str, name: str, **kw) -> requests.Response:
         extra = kw.pop("headers", None) or {}
         for attempt in range(1, self.max_attempts + 1):

@@ -141,21 +141,36 @@ class WalkedShard:
     verified: bool  # read whole and equal to the crc32c GCS stores: its samples carry crcs
 
 
-def _scan_one(o: Any, number: int, what: str, read: Any, objects: Any, class_of: dict[str, int] | None,
-              window: int, read_through: int, bucket: str) -> WalkedShard:
-    """Scans one shard in windows; read whole, it is checked against its stored crc32c (twice at most)."""
+def scan_shard(o: Any, number: int, read: Any, objects: Any, *, bucket: str, class_of: dict[str, int] | None = None,
+               window: int = DEFAULT_WINDOW, read_through: int = DEFAULT_READ_THROUGH) -> WalkedShard:
+    """Samples of shard `o` (ObjectMeta) numbered `number`, read with read(start, length) in windows.
+
+    A shard read whole is checked against the crc32c GCS stores (objects: a SmallObjects); then its
+    samples carry their crc32c. Bytes that do not match it, or do not parse as a tar, are read once more
+    (a transfer may have damaged them) before the error (ChecksumError / ValueError) names the shard.
+    """
+    what = f"gs://{bucket}/{o.name}"
     t0 = time.perf_counter()
     reads = nbytes = 0
     for attempt in (1, 2):
-        scan = scan_tar(read, o.size, what, window=window, read_through=read_through)
+        try:
+            scan = scan_tar(read, o.size, what, window=window, read_through=read_through)
+        except ValueError as e:
+            if attempt == 2:
+                raise
+            log.warning("%s; reading the shard once more", e)
+            continue
         reads, nbytes = reads + scan.reads, nbytes + scan.bytes_read
         stored = None
         if scan.object_crc is not None:
             stored = objects.crc32c(bucket, o.name, o.generation)
             reads += 1
         if stored is not None and stored != scan.object_crc:
-            log.warning("%s: the bytes read have crc32c %08x, GCS stores %08x (attempt %d of 2)", what,
-                        scan.object_crc, stored, attempt)
+            if attempt == 2:
+                raise ChecksumError(f"{what}: the bytes read twice do not match the shard's crc32c {stored:08x}",
+                                    bucket=bucket, object=o.name)
+            log.warning("%s: the bytes read have crc32c %08x, GCS stores %08x; reading the shard once more", what,
+                        scan.object_crc, stored)
             continue
         samples = samples_from_members(scan.members, number, what, class_of)
         if stored is None:  # not read whole, or GCS keeps no crc32c: the samples stay unverified
@@ -165,8 +180,7 @@ def _scan_one(o: Any, number: int, what: str, read: Any, objects: Any, class_of:
             crcs = [crc_at[s[1]] for s in samples]
         return WalkedShard(samples, crcs, len(scan.members), reads, nbytes, time.perf_counter() - t0,
                            stored is not None)
-    raise ChecksumError(f"{what}: the bytes read twice do not match the shard's crc32c", bucket=bucket,
-                        object=o.name)
+    raise AssertionError("unreachable")
 
 
 def walk_shards(bucket: str, shards: Sequence[Any], numbers: Sequence[int], ep: str, tokens: Any,
@@ -211,7 +225,8 @@ def walk_shards(bucket: str, shards: Sequence[Any], numbers: Sequence[int], ep: 
             return bytes(item.data)
 
         try:
-            return _scan_one(o, numbers[i], what, read, local.objects, class_of, window, read_through, bucket)
+            return scan_shard(o, numbers[i], read, local.objects, bucket=bucket, class_of=class_of, window=window,
+                              read_through=read_through)
         except ObjectNotFoundError as e:
             raise IndexStaleError(f"{what} (generation {o.generation}) changed or disappeared while it was "
                                   f"indexed: {e}") from e
