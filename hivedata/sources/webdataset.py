@@ -12,6 +12,7 @@ windowed scan must agree with and as the baseline of benchmarks/shard_index_benc
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -332,12 +333,13 @@ def _local_cache(path: Path, listed: list[ShardKey], refresh: bool) -> tuple[Sha
 
 def load_existing_shards(url: str, *, endpoint: str | None = None, credentials: Any = "auto",
                          classes: Sequence[str] | None = None, workers: int = 16, cache_dir: str | Path | None = None,
-                         refresh: bool = False, shared: bool = True, window: int | None = DEFAULT_WINDOW,
+                         refresh: bool = False, shared: bool | None = None, window: int | None = DEFAULT_WINDOW,
                          read_through: int = DEFAULT_READ_THROUGH) -> ShardIndex:
     """The index of the .tar shards under gs://bucket/prefix, cached locally and in the bucket.
 
     One listing per call; a local cache whose shard names, sizes and generations equal it is returned as
-    is. Otherwise the shared index in the bucket (shared_index.py; shared=False: not used) supplies the
+    is. Otherwise the shared index in the bucket (shared_index.py; not used with shared=False, or when
+    shared is None and HIVEDATA_SHARED_INDEX=0) supplies the
     shards it knows unchanged, and only the rest are read; the result is cached locally and, when it
     added anything, written back to the bucket (a peer that may not write warns once). refresh=True reads
     every shard again. window, read_through, workers: as in index_existing_shards.
@@ -346,6 +348,8 @@ def load_existing_shards(url: str, *, endpoint: str | None = None, credentials: 
     from hivedata.gcs.small_objects import SmallObjects
     from hivedata.sources.shared_index import SharedRead, read_shared_index, write_shared_index
 
+    if shared is None:
+        shared = os.environ.get("HIVEDATA_SHARED_INDEX", "1") != "0"
     loc = parse_gcs_url(url)
     prefix = loc.prefix if not loc.prefix or loc.prefix.endswith("/") else loc.prefix + "/"
     ep, tokens = _connect(endpoint, credentials)

@@ -195,9 +195,14 @@ def test_class_maps_have_their_own_shared_index(emulator, shards, tmp_path):
     assert shared_object(emulator, shards) is not None and shared_object(emulator, shards, ["x", "y", "z"]) is not None
 
 
-def test_shared_false_neither_reads_nor_writes(emulator, shards, proxy, tmp_path):
+@pytest.mark.parametrize("how", ["shared=False", "HIVEDATA_SHARED_INDEX=0"])
+def test_turned_off_it_is_neither_read_nor_written(emulator, shards, proxy, tmp_path, monkeypatch, how):
     peer = Peer(proxy, shards, tmp_path / "a")
-    peer.load(shared=False)
+    if how == "shared=False":
+        peer.load(shared=False)
+    else:
+        monkeypatch.setenv("HIVEDATA_SHARED_INDEX", "0")
+        peer.load()
     assert peer.requests == 1 + 2 * SHARDS and shared_object(emulator, shards) is None
 
 
