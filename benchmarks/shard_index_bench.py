@@ -8,7 +8,8 @@ same shards four ways, each with a cold local cache:
 
   today          index_existing_shards(window=None, workers=8): one ~1 KB ranged GET per tar member
                  (read_tar_members, the code before windows), 8 shards at a time
-  windows, 8     index_existing_shards(window=--window, workers=8): the windowed scan alone
+  windows, 8     index_existing_shards(window=--window, workers=8): the windowed scan (with its crc32c check)
+                 alone, as many shards at once as today, no shared index
   first peer     load_existing_shards(workers=--workers): windows, --workers shards at a time, each shard read
                  whole checked against GCS's crc32c (one metadata GET), then the index written to the bucket
   second peer    load_existing_shards with another empty local cache: the listing and the shared index

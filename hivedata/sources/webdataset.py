@@ -314,12 +314,16 @@ def _merge(known: dict[ShardKey, list[tuple]], more: dict[ShardKey, list[tuple]]
             known[k] = samples
 
 
-def _local_cache(path: Path, listed: list[ShardKey], refresh: bool) -> tuple[ShardIndex | None, dict]:
+def _local_cache(path: Path, listed: list[ShardKey], refresh: bool, bucket: str,
+                 prefix: str) -> tuple[ShardIndex | None, dict]:
     """(the cached index if it matches the listing, else None; the samples of its shards still listed)."""
+    from hivedata.sources.shared_index import check_shard_index
+
     if refresh or not path.exists():
         return None, {}
     try:
         old = ShardIndex.load(path)
+        check_shard_index(old, bucket=bucket, prefix=prefix, what=str(path))
         if _shard_keys(old) == listed:
             return old, {}
         known = _cached_samples(old)
@@ -356,7 +360,7 @@ def load_existing_shards(url: str, *, endpoint: str | None = None, credentials: 
     shards = _list_shards(loc.bucket, prefix, ep, tokens)
     path = shard_cache_path(f"gs://{loc.bucket}/{prefix}", endpoint=ep, classes=classes, cache_dir=cache_dir)
     listed = [(o.name, o.size, o.generation) for o in shards]
-    cached, known = _local_cache(path, listed, refresh)
+    cached, known = _local_cache(path, listed, refresh, loc.bucket, prefix)
     if cached is not None:
         return cached
     objects = SmallObjects(ep, tokens)
