@@ -2,9 +2,11 @@
 
 The loader reads a sample as one ranged GET of exactly its bytes. The index is one ``.npz`` object
 beside the shards (``<name>.index.npz``); for shards we did not write (any WebDataset tar set) it is
-built once by reading the tar headers with ranged GETs, then cached locally. Indexes written by
-``python -m hivedata pack`` record each member's crc32c (``crcs``), which reads check; indexes without
-them (older packs, walked WebDataset shards) load too, and their samples are read unverified.
+built once by reading the shards in large windows (webdataset.py), then cached locally and in the bucket
+(shared_index.py). Indexes written by ``python -m hivedata pack`` record each member's crc32c (``crcs``),
+which reads check, and so do indexes of WebDataset shards read whole and matched against GCS's crc32c;
+indexes without them (older packs, shards walked member by member) load too, and their samples are read
+unverified.
 """
 
 from __future__ import annotations

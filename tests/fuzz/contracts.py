@@ -8,8 +8,11 @@ result, or the error it documents) and raises ContractViolation otherwise, with 
 Contracts:
   decode       hivedata._native.decode_image: a result dict, or a hivedata.errors.BadImageError.
   tar          webdataset.read_tar_members (+ samples_from_members on its result): members inside the shard,
-               or a ValueError whose message names the shard; and it terminates (bounded time).
-  shard_index  ShardIndex.from_bytes: an index, or a hivedata error (DataFormatError / IndexStaleError).
+               or a ValueError whose message names the shard; and it terminates (bounded time). The windowed
+               tar_scan.scan_tar (small windows, so members span them) must give the same members or also
+               raise such a ValueError, and every crc it reports must be that of the member's bytes.
+  shard_index  ShardIndex.from_bytes: an index, or a hivedata error (DataFormatError / IndexStaleError);
+               an index it returns then passes shared_index.check_shard_index or gets a DataFormatError.
   labels       parse_labels / parse_ground_truth on the text, parse_synsets_mat on the bytes: a result, or a
                LabelsError.
   listing      GcsJsonClient.list_pages against a loopback server answering the body: pages of ObjectMeta
@@ -134,6 +137,51 @@ def check_decode(data: bytes) -> None:
 
 
 def check_tar(data: bytes) -> None:
+    _check_tar_walk(data)
+    _check_tar_scan(data)
+
+
+def _check_tar_scan(data: bytes) -> None:
+    """scan_tar agrees with read_tar_members (members, or a ValueError naming the shard) with windows of 1536
+    bytes and 700 bytes read through (data spans windows and some is jumped over)."""
+    from hivedata import _native
+    from hivedata.sources.read_plan import NO_CRC
+    from hivedata.sources.tar_scan import scan_tar
+    from hivedata.sources.webdataset import read_tar_members
+
+    def read(start: int, length: int) -> bytes:
+        if start < 0 or length < 0 or start + length > len(data):
+            raise ContractViolation("tar", f"scan read({start}, {length}) outside a {len(data)}-byte shard",
+                                    "tar:scan-read-out-of-range")
+        return data[start:start + length]
+
+    outcomes = []
+    for fn in (read_tar_members, lambda r, n, w: scan_tar(r, n, w, window=1536, read_through=700)):
+        try:
+            with time_limit():
+                outcomes.append(fn(read, len(data), SHARD))
+        except ContractViolation:
+            raise
+        except ValueError as e:
+            if SHARD not in str(e):
+                raise _violation("tar", e, "scan error does not name the shard: ") from e
+            outcomes.append(None)
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise _violation("tar", e) from e
+    walked, scanned = outcomes
+    if (walked is None) != (scanned is None) or (scanned is not None and scanned.members != walked):
+        raise ContractViolation("tar", f"scan_tar gave {'an error' if scanned is None else 'members'}, "
+                                f"read_tar_members {'an error' if walked is None else 'members'} (or others)",
+                                "tar:scan-differs")
+    if scanned is not None:
+        for (name, at, length, _), crc in zip(scanned.members, scanned.crcs, strict=True):
+            if crc != NO_CRC and crc != _native.crc32c(data[at:at + length]):
+                raise ContractViolation("tar", f"scan_tar's crc of {name!r} is wrong", "tar:scan-crc")
+
+
+def _check_tar_walk(data: bytes) -> None:
     from hivedata.sources.webdataset import read_tar_members, samples_from_members
 
     calls = 0
@@ -175,10 +223,12 @@ def check_tar(data: bytes) -> None:
 
 def check_shard_index(data: bytes) -> None:
     from hivedata.sources.shards import ShardIndex
+    from hivedata.sources.shared_index import check_shard_index
 
     try:
         with time_limit():
-            ShardIndex.from_bytes(data, what="gs://fuzz-bucket/x.index.npz")
+            index = ShardIndex.from_bytes(data, what="gs://fuzz-bucket/x.index.npz")
+            check_shard_index(index, bucket=index.bucket, prefix=index.prefix, what="gs://fuzz-bucket/x.index.npz")
     except HivedataError:
         return
     except BaseException as e:

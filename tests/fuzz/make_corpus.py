@@ -4,7 +4,8 @@
 
 decode: a 12-byte parameter prefix (see harnesses/decode_fuzzer.cc) + small JPEGs from tests/support/images.py:
 baseline, progressive, grayscale, CMYK, 4:4:4, restart markers, optimized Huffman, truncated, a bomb header.
-tar: small WebDataset shards as hivedata packs them (PAX headers), a GNU long name, a truncated one.
+tar: small WebDataset shards as hivedata packs them (PAX headers), a GNU long name, a truncated one, one whose
+members span scan_tar's windows.
 shard_index: ShardIndex.to_bytes() with and without crcs. labels: '<file> <wnid>' lines, Kaggle CSV, devkit
 ground truth. listing: GCS JSON listing bodies. corpus/decode also holds inputs libFuzzer found that add
 coverage, named by their sha1:
@@ -82,6 +83,9 @@ def tar_seeds() -> dict[str, bytes]:
         "ustar.tar": tar_bytes([("s/c.jpg", bytes(700)), ("s/c.cls", b"3")], tarfile.USTAR_FORMAT),
         "truncated.tar": pax[:1536],
         "empty.tar": bytes(1024),
+        # members that span the 1536-byte windows the scan_tar check uses, one jumped over, a PAX long name
+        "windows.tar": tar_bytes([("w/" + "p" * 110 + ".jpg", img + bytes(1600)), ("w/" + "p" * 110 + ".cls", b"2"),
+                                  ("w/e.jpg", b""), ("w/e.cls", b"4"), ("w/f.jpg", bytes(3000)), ("w/f.cls", b"5")]),
     }
 
 

@@ -1,5 +1,6 @@
 """crc32c of packed shard members against a real fake-gcs-server behind the FaultProxy: a corrupted ranged read
-is read again or fails named, is never decoded or cached as is; shards without crcs are read unverified."""
+is read again or fails named, is never decoded or cached as is; WebDataset shards read whole at indexing are
+verified too, shards without crcs are read unverified."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from hivedata.loader.disk_cache import DiskCache
 from hivedata.loader.loader import Loader
 from hivedata.sources.read_plan import NO_CRC
 from hivedata.sources.shards import load_shard_index
+from hivedata.sources.webdataset import index_existing_shards
 from hivedata.tools.pack import pack
 from hivedata.tools.synthetic import SyntheticSpec
 from tests.support.buckets import dataset_bucket
@@ -159,10 +161,25 @@ def test_a_cached_entry_that_misses_its_crc_is_fetched_again(packed, tmp_path):
     assert DiskCache(tmp_path, 1 << 30).get(index.cache_key(3)) == fetched  # rewritten with the fetched bytes
 
 
-def test_webdataset_shards_without_crcs_are_read_unverified(packed):
+def test_webdataset_shards_read_whole_at_indexing_are_verified(packed):
+    """Walked as anyone's tars: each shard is read whole in windows and matched against GCS's crc32c, so the
+    samples get the same crcs pack recorded, and the loader checks them."""
+    name, url, clean = packed
+    packed_index = load_shard_index(url)
+    with Loader(f"gs://{name}/packed/*.tar", batch_size=8, **EVAL) as ld:
+        by_key = {ld.index.key(i): int(ld.index.crcs[i]) for i in range(len(ld.index))}
+        got = [(x.clone(), y.clone()) for x, y in ld]
+        st = ld.stats()
+    assert by_key == {packed_index.key(i): int(packed_index.crcs[i]) for i in range(len(packed_index))}
+    assert (st["verified"], st["unverified"], st["skipped"]) == (N, 0, 0)
+    assert same(got, clean)
+
+
+def test_webdataset_shards_walked_member_by_member_are_read_unverified(packed):
     name, _, clean = packed
-    with Loader(f"gs://{name}/packed/*.tar", batch_size=8, **EVAL) as ld:  # our tars, walked as anyone's
-        assert ld.index.crcs is None
+    index = index_existing_shards(name, "packed/", window=None)  # no member's bytes read: no crcs
+    assert index.crcs is None
+    with Loader(index, batch_size=8, **EVAL) as ld:
         got = [(x.clone(), y.clone()) for x, y in ld]
         st = ld.stats()
     assert (st["verified"], st["unverified"], st["skipped"]) == (0, N, 0)

@@ -1,4 +1,7 @@
-"""load_existing_shards against a real fake-gcs-server: the local cache, incremental re-walks, corrupt caches."""
+"""load_existing_shards against a real fake-gcs-server: the local cache, incremental re-walks, corrupt caches.
+
+These tests are about the local cache, so they pass shared=False (no index in the bucket);
+test_shared_shard_index.py covers the shared one."""
 
 from __future__ import annotations
 
@@ -37,15 +40,19 @@ def shard_samples(s: int, n: int = 3, label_offset: int = 0) -> list[tuple[str, 
 
 @pytest.fixture
 def reads(monkeypatch) -> list[str]:
-    """Object names of every Fetcher.read (the tar header walker's ranged GETs), still over real HTTP."""
+    """Object names of every request through Fetcher.fetch (the shard readers' ranged GETs), still over real
+    HTTP."""
     seen: list[str] = []
-    real = Fetcher.read
+    real = Fetcher.fetch
 
-    def counting(self, object, start=0, length=None):  # noqa: A002
-        seen.append(object)
-        return real(self, object, start, length)
+    def counting(self, requests, **kw):
+        def named(rs):
+            for r in rs:
+                seen.append(r if isinstance(r, str) else r.object if hasattr(r, "object") else r[0])
+                yield r
+        return real(self, named(requests), **kw)
 
-    monkeypatch.setattr(Fetcher, "read", counting)
+    monkeypatch.setattr(Fetcher, "fetch", counting)
     return seen
 
 
@@ -80,14 +87,14 @@ def check_content(index: ShardIndex, bucket: str, shards: dict[str, list[tuple[s
 
 def test_second_call_reads_no_tar_header(bucket, shards, reads, tmp_path):
     url = f"gs://{bucket}/wds"
-    first = load_existing_shards(url, cache_dir=tmp_path, workers=2)
-    assert set(reads) == set(shards) and len(reads) >= 2 * 3 * 3  # a .jpg and a .cls header per sample
+    first = load_existing_shards(url, shared=False, cache_dir=tmp_path, workers=2)
+    assert set(reads) == set(shards)
     path = shard_cache_path(f"{url}/", cache_dir=tmp_path)
     assert path.parent == tmp_path and path.exists()
     check_content(first, bucket, shards)
     same(first, index_existing_shards(bucket, "wds/", workers=2))
     reads.clear()
-    second = load_existing_shards(url + "/", cache_dir=tmp_path)
+    second = load_existing_shards(url + "/", shared=False, cache_dir=tmp_path)
     assert reads == []
     same(first, second)
     assert second.url == f"gs://{bucket}/wds/" and second.endpoint == first.endpoint
@@ -95,30 +102,30 @@ def test_second_call_reads_no_tar_header(bucket, shards, reads, tmp_path):
 
 def test_a_rewritten_shard_alone_is_walked_again(emulator, bucket, shards, reads, tmp_path):
     url = f"gs://{bucket}/wds"
-    first = load_existing_shards(url, cache_dir=tmp_path)
+    first = load_existing_shards(url, shared=False, cache_dir=tmp_path)
     name = "wds/shard-000002.tar"
     shards[name] = shard_samples(2, label_offset=1)  # same keys and sizes, other labels: only the generation says
     emulator.upload(bucket, name, make_shard(shards[name]))
     reads.clear()
-    second = load_existing_shards(url, cache_dir=tmp_path)
+    second = load_existing_shards(url, shared=False, cache_dir=tmp_path)
     assert set(reads) == {name}
     assert second.shard_sizes.tolist() == first.shard_sizes.tolist()
     assert second.shard_generations.tolist() != first.shard_generations.tolist()
     check_content(second, bucket, shards)
     same(second, index_existing_shards(bucket, "wds/"))
     reads.clear()
-    same(second, load_existing_shards(url, cache_dir=tmp_path))
+    same(second, load_existing_shards(url, shared=False, cache_dir=tmp_path))
     assert reads == []
 
 
 def test_added_and_removed_shards_are_picked_up(emulator, bucket, shards, reads, tmp_path):
     url = f"gs://{bucket}/wds"
-    load_existing_shards(url, cache_dir=tmp_path)
+    load_existing_shards(url, shared=False, cache_dir=tmp_path)
     name = "wds/shard-000001.tar"  # sorts between the first two: later shards are renumbered
     shards[name] = shard_samples(1, n=5)
     emulator.upload(bucket, name, make_shard(shards[name]))
     reads.clear()
-    added = load_existing_shards(url, cache_dir=tmp_path)
+    added = load_existing_shards(url, shared=False, cache_dir=tmp_path)
     assert set(reads) == {name}
     assert added.shard_names == sorted(shards) and added.shard.tolist() == [0] * 3 + [1] * 5 + [2] * 3 + [3] * 3
     check_content(added, bucket, shards)
@@ -129,7 +136,7 @@ def test_added_and_removed_shards_are_picked_up(emulator, bucket, shards, reads,
     urllib.request.urlopen(req, timeout=10).close()
     del shards[gone]
     reads.clear()
-    removed = load_existing_shards(url, cache_dir=tmp_path)
+    removed = load_existing_shards(url, shared=False, cache_dir=tmp_path)
     assert reads == []
     check_content(removed, bucket, shards)
     same(removed, index_existing_shards(bucket, "wds/"))
@@ -138,13 +145,13 @@ def test_added_and_removed_shards_are_picked_up(emulator, bucket, shards, reads,
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_a_corrupt_cache_is_rebuilt_with_a_warning(bucket, shards, reads, tmp_path, caplog, damage):
     url = f"gs://{bucket}/wds"
-    first = load_existing_shards(url, cache_dir=tmp_path)
+    first = load_existing_shards(url, shared=False, cache_dir=tmp_path)
     path = shard_cache_path(url, cache_dir=tmp_path)
     data = path.read_bytes()
     path.write_bytes(os.urandom(256) if damage == "garbage" else data[:len(data) // 2])
     reads.clear()
     with caplog.at_level(logging.WARNING, logger="hivedata.sources.shards"):
-        rebuilt = load_existing_shards(url, cache_dir=tmp_path)
+        rebuilt = load_existing_shards(url, shared=False, cache_dir=tmp_path)
     assert any("unreadable shard index cache" in r.getMessage() and str(path) in r.getMessage()
                for r in caplog.records)
     assert set(reads) == set(shards)
@@ -154,25 +161,26 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(bucket, shards, reads, tmp_pa
 
 def test_refresh_walks_every_shard(bucket, shards, reads, tmp_path):
     url = f"gs://{bucket}/wds"
-    first = load_existing_shards(url, cache_dir=tmp_path)
+    first = load_existing_shards(url, shared=False, cache_dir=tmp_path)
     reads.clear()
-    again = load_existing_shards(url, cache_dir=tmp_path, refresh=True)
+    again = load_existing_shards(url, shared=False, cache_dir=tmp_path, refresh=True)
     assert set(reads) == set(shards)
     same(first, again)
 
 
 def test_caches_are_per_prefix_and_class_map(emulator, bucket, shards, reads, tmp_path):
     url = f"gs://{bucket}/wds"
-    named = load_existing_shards(url, cache_dir=tmp_path, classes=["a", "b", "c", "d"])
-    plain = load_existing_shards(url, cache_dir=tmp_path)
+    named = load_existing_shards(url, shared=False, cache_dir=tmp_path, classes=["a", "b", "c", "d"])
+    plain = load_existing_shards(url, shared=False, cache_dir=tmp_path)
     assert named.classes == ["a", "b", "c", "d"] and plain.classes == ["0", "1", "2", "3"]
     assert named.labels.tolist() == plain.labels.tolist()
     assert shard_cache_path(url, cache_dir=tmp_path, classes=named.classes) != shard_cache_path(url, cache_dir=tmp_path)
     emulator.upload(bucket, "wds2/shard-000000.tar", make_shard(shard_samples(9)))
     reads.clear()
-    same(plain, load_existing_shards(url, cache_dir=tmp_path))  # gs://bucket/wds means the folder wds/, not wds2/
+    # gs://bucket/wds means the folder wds/, not wds2/
+    same(plain, load_existing_shards(url, shared=False, cache_dir=tmp_path))
     assert reads == []
-    other = load_existing_shards(f"gs://{bucket}/wds2", cache_dir=tmp_path)
+    other = load_existing_shards(f"gs://{bucket}/wds2", shared=False, cache_dir=tmp_path)
     assert other.shard_names == ["wds2/shard-000000.tar"] and len(other) == 3
 
 
