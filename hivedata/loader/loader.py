@@ -238,6 +238,10 @@ class Loader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a state_dict(); refuses one taken on another dataset, batch size, seed, order or sharding."""
         order = state.get("order", "global" if self.sampler.mode == "global" else "none")  # older states: no key
+        if (self.feed is None) != ("feed" not in state):
+            raise ValueError(f"loader state has order {order!r}, this loader has {self._order_name()!r}: a state "
+                             f"taken with a feed (coordinated coverage) resumes only with one, and one without only "
+                             f"without (train.py: the same --coverage)")
         if order != self._order_name():
             raise ValueError(f"loader state has order {order!r}, this loader has {self._order_name()!r}")
         for key, mine in (("num_samples", len(self.source)), ("batch_size", self.batch_size), ("seed", self.seed),

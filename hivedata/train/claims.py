@@ -142,6 +142,7 @@ class SwarmCoverage:
         self._finished: queue.Queue[tuple[int, int]] = queue.Queue()
         self._republish: list[Entry] = []
         self._done_seen: dict[int, set[int]] = {}
+        self._mine: dict[int, int] = {}  # blocks this peer read, per epoch (for the log line)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -274,6 +275,7 @@ class SwarmCoverage:
         self.board.put_many(entries)
         for e, b, *_ in entries:
             self.stats["done"] += 1
+            self._mine[e] = self._mine.get(e, 0) + 1
             with self._lock:
                 self._done_seen.setdefault(e, set()).add(b)
             self._emit("done", e, b)
@@ -325,6 +327,8 @@ class SwarmCoverage:
                     with self._lock:
                         self.epoch += 1
                         self._done_seen = {e: b for e, b in self._done_seen.items() if e >= self.epoch}
+                    log.info("data epoch %d is complete: the swarm read each of its %d blocks (this peer %d)", epoch,
+                             self.n_blocks, self._mine.pop(epoch, 0))
                 return []
             taken = np.zeros(self.n_blocks, dtype=bool)
             for b, (_, s) in snap.items():
