@@ -18,9 +18,12 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from hivedata.loader.coverage import EpochBlocks
 from tests.support.coverage_peer import LOOPBACK, Reading, read_coverage
 
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 TTL = 3.0
 SLACK_S = 3.0  # after the TTL: a survivor's next claim round (and a loaded 2-core machine)
@@ -170,3 +173,54 @@ def test_a_joiner_mid_epoch_reads_only_unclaimed_blocks():
     assert not {b for _, b in mine} & claimed_before
     reads = epoch_reads(early + [joiner])
     assert set(reads) == set(range(n)) and len(reads) - n <= 0.01 * n
+
+
+def test_train_py_coverage_swarm_wires_the_training_loader_to_the_dht(gcs_emulator):
+    """build_data with --coverage swarm: two peers' Loaders (real emulator bucket, real DHTs) read data epoch 0
+    between them, every block ends done in the DHT, and the loader state records the swarm's data epoch."""
+    import torch
+
+    from hivedata.tools.synthetic import SyntheticSpec
+    from hivedata.train.claims import DHTClaimBoard
+    from hivedata.train.config import fill_defaults, parse_args
+    from hivedata.train.parts import build_data
+    from tests.support.buckets import dataset_bucket
+
+    bucket = dataset_bucket(gcs_emulator, "coverage-parts", SyntheticSpec(num_classes=3, train_per_class=16,
+                                                                          val_per_class=2, seed=3))
+    args = fill_defaults(parse_args(["--bucket", bucket, "--run_id", "covparts", "--image_size", "32", "--batch_size",
+                                     "8", "--num_workers", "1", "--backend", "native", "--device", "cpu",
+                                     "--coverage", "swarm", "--claim_ttl", "5", "--seed", "4"]), embedded=True)
+    with dhts(2) as nodes:
+        datas = [build_data(args, device=torch.device("cpu"), peer_id=str(d.peer_id), dht=d) for d in nodes]
+        batches = [0, 0]
+        errors: list[BaseException] = []
+
+        def train(i: int) -> None:
+            loader = datas[i].train
+            try:
+                while loader.data_epoch < 1:
+                    for images, _labels in loader:
+                        assert images.shape == (8, 3, 32, 32)
+                        batches[i] += 1
+                        if loader.data_epoch >= 1:
+                            break
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=train, args=(i,)) for i in range(2)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=90)
+            assert not errors, errors
+            feed = datas[0].train.feed
+            board = DHTClaimBoard(nodes[0], "covparts", feed.blocks.tag()).blocks(0)
+            assert len(board) == feed.blocks.n_blocks == 6 and {s for _, s in board.values()} == {"done"}
+            assert sum(batches) >= 6 and all(datas[i].seed == 4 for i in range(2))
+            state = datas[0].train.state_dict()
+            assert state["feed"]["epoch"] >= 1 and state["order"].startswith("swarm:48:8:4:")
+        finally:
+            for data in datas:
+                data.close()
