@@ -17,8 +17,6 @@ import threading
 import time
 from collections import Counter
 
-import numpy as np
-
 from hivedata.loader.orders import GlobalOrder
 from hivedata.train.swarm import peer_seed
 
