@@ -342,7 +342,7 @@ class Loader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._setup()
         self._drain()
-        epoch, start = self._epoch, self._position
+        epoch, start = self._epoch, (self._position if self.feed is None else 0)  # a feed knows where it stands
         stream, total = self._batch_stream(epoch, start)
         if start == 0 or self.failures.epoch != epoch:  # an epoch starts (or resumes here): a fresh budget
             self.failures.start_epoch(epoch, self.epoch_samples())
