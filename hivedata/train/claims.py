@@ -211,22 +211,24 @@ class SwarmCoverage:
             self.listener(event, epoch, block)
 
     def _run(self) -> None:
-        failures = 0
+        failing_since: float | None = None
+        patience = max(60.0, 2 * self.claim_ttl)  # DHT trouble this long in a row stops the feed with the error
         self._join()
         while not self._stop.is_set():
+            self._wake.clear()
             try:
                 busy = self._step()
-                failures = 0
+                failing_since = None
                 if busy:
                     continue
-            except Exception as e:  # a DHT hiccup: retried; many in a row stop the feed with the error
-                failures += 1
-                log.warning("coverage claims: %s (attempt %d)", e, failures)
-                if failures >= 5:
+            except Exception as e:  # a DHT hiccup: retried
+                now = time.monotonic()
+                failing_since = failing_since or now
+                log.warning("coverage claims: %s (failing for %.0f s; retrying)", e, now - failing_since)
+                if now - failing_since > patience:
                     self._error = e
                     return
             self._wake.wait(timeout=min(0.5, self.claim_ttl / 6))
-            self._wake.clear()
         try:
             self._flush_done()
             self._release()
