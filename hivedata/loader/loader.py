@@ -18,6 +18,7 @@ from hivedata.gcs.auth import token_source
 from hivedata.gcs.paths import storage_endpoint
 from hivedata.gcs.tls import trust
 from hivedata.gcs.transport import Transport
+from hivedata.loader.coverage import BatchFeed
 from hivedata.loader.decoders.base import DEFAULT_MAX_PIXELS, Augment
 from hivedata.loader.decoders.strategy import (
     DecodeSettings,
@@ -92,6 +93,10 @@ class Loader:
       classes, labels     class map and labels file for validation sets (see hivedata.sources.prefix.load_index).
       in_memory           read every sample once into RAM, then decode from there.
       shard, num_shards   keep every num_shards-th batch (DataLoader workers, data-parallel ranks).
+      feed                where batches come from instead of this loader's own order: a BatchFeed (e.g. a
+                          hivedata.loader.coverage.BlockFeed over blocks a swarm's peers claim), asked lazily for
+                          the next batch as read-ahead allows and told when each batch reached the consumer. An
+                          iteration reads len(loader) batches; `shuffle`/`seed` then only set the crops' seeds.
     """
 
     def __init__(self, source: str | SampleSource, *, batch_size: int, train: bool,
@@ -108,7 +113,8 @@ class Loader:
                  shard: int = 0, num_shards: int = 1, block_size: int = 64, shuffle_window: int | None = None,
                  coalesce_gap: int = DEFAULT_MAX_GAP, cache_dir: str | os.PathLike | None = None,
                  cache_size: int | str = "20GB", ca_bundle: str | os.PathLike | None = None,
-                 http_version: str = "2", transport: Transport | None = None, strict: bool = False) -> None:
+                 http_version: str = "2", transport: Transport | None = None, strict: bool = False,
+                 feed: BatchFeed | None = None) -> None:
         self.failures = FailurePolicy(on_error, max_missing)
         ReadAhead(prefetch)  # checks the value before any work
         if in_memory and cache_dir is not None:
@@ -144,6 +150,9 @@ class Loader:
             log.warning("shuffle='block' on %s reads one object per sample anyway (no fewer GETs), and runs of a "
                         "class-sorted listing make batches of few classes; it is meant for packed shards",
                         self.source.url)
+        if feed is not None and num_shards != 1:
+            raise ValueError("a Loader with a feed reads the feed's batches: it cannot also be sharded (num_shards)")
+        self.feed = feed
         self.coalesce_gap = coalesce_gap
         self.cache = None
         if cache_dir is not None:
@@ -194,6 +203,11 @@ class Loader:
         """The epoch the next iteration reads."""
         return self._epoch
 
+    @property
+    def data_epoch(self) -> int:
+        """The data epoch: the feed's (with coordinated coverage, the swarm's), else the epoch read next."""
+        return self.feed.epoch if self.feed is not None else self._epoch
+
     def set_epoch(self, epoch: int) -> None:
         """Reads `epoch` next, from its first batch (an epoch also advances by itself when it completes)."""
         self._epoch, self._position = int(epoch), 0
@@ -208,17 +222,28 @@ class Loader:
             n -= s.batch_size - tail
         return n
 
-    def state_dict(self) -> dict[str, int]:
-        """Where the loader stands: resuming from it yields exactly the remaining batches of the epoch."""
-        return {"epoch": self._epoch, "position": self._position, "seed": self.seed,
-                "num_samples": len(self.source), "batch_size": self.batch_size, "shard": self.sampler.shard,
-                "num_shards": self.sampler.num_shards, "order": self.sampler.describe()}
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: resuming from it yields exactly the remaining batches of the epoch (with a
+        feed: the feed's state, e.g. the swarm's data epoch; the feed decides what is read next)."""
+        state = {"epoch": self._epoch, "position": self._position, "seed": self.seed,
+                 "num_samples": len(self.source), "batch_size": self.batch_size, "shard": self.sampler.shard,
+                 "num_shards": self.sampler.num_shards, "order": self._order_name()}
+        if self.feed is not None:
+            state |= {"epoch": self.feed.epoch, "position": 0, "feed": self.feed.state_dict()}
+        return state
+
+    def _order_name(self) -> str:
+        return self.feed.describe() if self.feed is not None else self.sampler.describe()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a state_dict(); refuses one taken on another dataset, batch size, seed, order or sharding."""
         order = state.get("order", "global" if self.sampler.mode == "global" else "none")  # older states: no key
-        if order != self.sampler.describe():
-            raise ValueError(f"loader state has order {order!r}, this loader has {self.sampler.describe()!r}")
+        if (self.feed is None) != ("feed" not in state):
+            raise ValueError(f"loader state has order {order!r}, this loader has {self._order_name()!r}: a state "
+                             f"taken with a feed (coordinated coverage) resumes only with one, and one without only "
+                             f"without (train.py: the same --coverage)")
+        if order != self._order_name():
+            raise ValueError(f"loader state has order {order!r}, this loader has {self._order_name()!r}")
         for key, mine in (("num_samples", len(self.source)), ("batch_size", self.batch_size), ("seed", self.seed),
                           ("shard", self.sampler.shard), ("num_shards", self.sampler.num_shards)):
             if key in state and int(state[key]) != mine:
@@ -226,6 +251,8 @@ class Loader:
         if not 0 <= int(state["position"]) <= len(self):
             raise ValueError(f"loader state position {state['position']} is outside 0..{len(self)}")
         self._epoch, self._position = int(state["epoch"]), int(state["position"])
+        if self.feed is not None:
+            self.feed.load_state_dict(state["feed"])
 
     def stats(self) -> dict[str, Any]:
         """Per-stage figures: fetch (objects, bytes, retries, latency p50/p99), decode time, slot use, bad images
@@ -262,8 +289,9 @@ class Loader:
             pin = self.device.type == "cuda"
             self._ring = Ring(self.prefetch + 2, self.batch_size, self.augment.out_h, self.augment.out_w, pin=pin)
 
-    def _submit(self, batch_no: int, k: int, indices: np.ndarray, epoch: int) -> None:
-        """Plans batch `batch_no` (samples `indices`) into slot k and hands it to the pipeline."""
+    def _submit(self, batch_no: int, k: int, indices: np.ndarray, epoch: int | np.ndarray) -> None:
+        """Plans batch `batch_no` (samples `indices` of data epoch `epoch`, one or per sample) into slot k and hands
+        it to the pipeline."""
         slot = self._ring.slots[k]
         plan = self.source.plan(indices, max_gap=self.coalesce_gap)
         arena = plan.arena if plan.arena is not None else slot.ensure_arena(plan.arena_size)
@@ -272,7 +300,8 @@ class Loader:
             if present.any():
                 plan = self.source.plan(indices, present, max_gap=self.coalesce_gap)
         plan = self.source.prefill(plan, arena)
-        seeds = [_native.sample_seed(self.seed, epoch, i) for i in indices.tolist()]
+        epochs = epoch.tolist() if isinstance(epoch, np.ndarray) else [epoch] * len(indices)
+        seeds = [_native.sample_seed(self.seed, e, i) for e, i in zip(epochs, indices.tolist(), strict=True)]
         self._in_flight[batch_no] = (k, indices, plan, arena, seeds)
         self._pipeline.submit(batch_no, plan, seeds, arena, slot.images.numpy() if self._decode.fused else None)
 
@@ -296,6 +325,12 @@ class Loader:
         decode = st["decode_s"] / max(1, st["decoded"]) * self.batch_size / max(1, self.workers)
         return st["fetch_latency_p99_s"] + decode
 
+    def _batch_stream(self, epoch: int, start: int) -> tuple[Iterator[tuple[np.ndarray, Any]], int]:
+        """This iteration's batches as (indices, data epoch), produced lazily, and at most how many there are."""
+        if self.feed is not None:
+            return self.feed.batches(), len(self)
+        return ((indices, epoch) for indices in self.sampler.batches(epoch, start)), len(self) - start
+
     def _drain(self) -> None:
         if self._pipeline is not None:
             self._pipeline.drain()
@@ -307,8 +342,8 @@ class Loader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._setup()
         self._drain()
-        epoch, start = self._epoch, self._position
-        batches = list(self.sampler.batches(epoch, start))
+        epoch, start = self._epoch, (self._position if self.feed is None else 0)  # a feed knows where it stands
+        stream, total = self._batch_stream(epoch, start)
         if start == 0 or self.failures.epoch != epoch:  # an epoch starts (or resumes here): a fresh budget
             self.failures.start_epoch(epoch, self.epoch_samples())
         ring = self._ring
@@ -317,14 +352,22 @@ class Loader:
         finished = False
         if self._t_start is None:
             self._t_start = time.perf_counter()
+        b = 0
         try:
-            for b in range(len(batches)):
-                while submitted < len(batches) and submitted <= b + self.prefetch:
+            while b < total:
+                while submitted < total and submitted <= b + self.prefetch:  # look ahead, lazily
                     k = ring.acquire()
                     if k is None:
                         break
-                    self._submit(submitted, k, batches[submitted], epoch)
+                    nxt = next(stream, None)
+                    if nxt is None:  # a feed ran dry: this iteration ends with what was submitted
+                        ring.release(k)
+                        total = submitted
+                        break
+                    self._submit(submitted, k, *nxt)
                     submitted += 1
+                if b >= total:
+                    break
                 t0 = time.perf_counter()
                 self._stats["slots_busy_sum"] += len(self._in_flight)
                 if b in done:
@@ -351,19 +394,26 @@ class Loader:
                 self._stats["batches"] += 1
                 self._stats["samples"] += n
                 self.readahead.consumed()
+                if self.feed is not None:
+                    self.feed.delivered(n)
+                b += 1
                 yield images, labels_t
             finished = True
             self.failures.end_epoch()
-            self._epoch, self._position = epoch + 1, 0
+            self._epoch, self._position = (epoch + 1 if self.feed is None else self.feed.epoch), 0
             if self.cache is not None:  # the next epoch finds this one's samples in the cache
                 self.cache.flush()
         finally:
             if not finished:
                 self._drain()
+                if self.feed is not None:  # batches read ahead but not consumed are handed out again
+                    self.feed.rewind()
 
     def close(self) -> None:
-        """Stops the pipeline's threads and frees the slots."""
+        """Stops the pipeline's threads and frees the slots (and closes the feed, if any)."""
         self._drain()
+        if self.feed is not None:
+            self.feed.close()
         if self._pipeline is not None:
             self._pipeline.close()
             self._pipeline = None

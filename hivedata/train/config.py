@@ -65,6 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. 0.001) or a count (e.g. 50); each is replaced by another sample of its batch, "
                         "logged and counted. 0: the first unreadable object stops training, naming it. Images "
                         "that download but do not decode are always skipped and counted")
+    cov = p.add_argument_group(
+        "coverage", "how the swarm shares out the data. peer: every peer reads its own seeded order, so within a "
+        "pass-worth of samples the swarm reads some images several times and skips others. swarm (coordinated "
+        "coverage): a data epoch is ONE permutation of the dataset drawn from --seed, split into blocks that the "
+        "peers claim through the hivemind DHT and mark done once read, so the swarm reads every sample once per data "
+        "epoch; a peer renews its claims while it reads, a killed peer's unfinished blocks are read by the others "
+        "--claim_ttl seconds later, a joining peer starts on blocks nobody claimed, and checkpoints record the "
+        "swarm's data epoch (the lowest one with a block not read)")
+    cov.add_argument("--coverage", default="peer", choices=["peer", "swarm"],
+                     help="peer: per-peer orders (--shuffle); swarm: coordinated coverage (--shuffle is then unused: "
+                          "blocks of a global permutation, or runs inside one shard for packed shards)")
+    cov.add_argument("--coverage_block", type=int, default=None,
+                     help="--coverage swarm: samples per claimed block (default 1024, or 1/32 of a smaller dataset, "
+                          "at least a batch); with packed shards a block is a run of neighbours in one shard, so its "
+                          "reads coalesce. Larger blocks: fewer DHT requests, more re-read when a peer dies")
+    cov.add_argument("--claim_ttl", type=float, default=60.0,
+                     help="--coverage swarm: seconds a claim lives unless renewed (renewed every ttl/3 while its "
+                          "block is read): how long a killed peer's blocks wait before others read them")
     t = p.add_argument_group("training")
     t.add_argument("--arch", default=None, choices=["resnet18", "resnet50"],
                    help="model (default resnet50; resnet18 embedded)")
@@ -132,7 +150,7 @@ def validate(args: argparse.Namespace) -> list[str]:
     """Problems with a combination of flags (empty when fine)."""
     problems = []
     for name in ("batch_size", "target_batch_size", "image_size", "val_every", "val_batches", "num_workers",
-                 "block_size", "log_every"):
+                 "block_size", "log_every", "coverage_block"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             problems.append(f"--{name} must be positive, got {value}")
@@ -145,6 +163,9 @@ def validate(args: argparse.Namespace) -> list[str]:
         problems.append(f"--epochs must be positive, got {args.epochs}")
     if args.resume and not args.checkpoint_dir:
         problems.append("--resume needs --checkpoint_dir")
+    if args.claim_ttl < 3:
+        problems.append(f"--claim_ttl must be at least 3 seconds (claims are renewed every ttl/3), "
+                        f"got {args.claim_ttl}")
     if args.peers < 1:
         problems.append(f"--peers must be >= 1, got {args.peers}")
     if args.peers > 1 and args.bucket:

@@ -32,6 +32,7 @@ from hivedata.train.swarm import PeerRegistry, announce, initial_peers, peer_see
 from hivedata.train.swarm_optimizer import SwarmOptimizer, leave_swarm
 
 if TYPE_CHECKING:
+    from hivedata.loader.coverage import BlockFeed
     from hivedata.loader.loader import Loader
     from hivedata.sources import SampleSource
 
@@ -176,24 +177,48 @@ def open_val_source(args: argparse.Namespace, classes: list[str]) -> SampleSourc
                        SourceOptions(storage_endpoint(None), "auto", classes=classes, labels=args.val_labels))
 
 
+def coverage_block(args: argparse.Namespace, train_samples: int) -> int:
+    """--coverage_block, or by default 1024 samples (1/32 of a smaller dataset, at least a batch)."""
+    return args.coverage_block or min(1024, max(args.batch_size, train_samples // 32))
+
+
+def swarm_feed(args: argparse.Namespace, dht: hivemind.DHT, peer_id: str, source: SampleSource) -> BlockFeed:
+    """--coverage swarm: batches from blocks of the run's global order (--seed) this peer claims in the DHT."""
+    from hivedata.train.claims import coverage_feed
+
+    return coverage_feed(dht, args.run_id, peer_id, n=len(source), batch_size=args.batch_size,
+                         block_size=coverage_block(args, len(source)), seed=args.seed,
+                         group_starts=source.groups(), claim_ttl=args.claim_ttl)
+
+
 def build_data(args: argparse.Namespace, *, device: torch.device, peer_id: str,
                resume_state: dict[str, Any] | None = None,
-               sources: tuple[SampleSource, SampleSource] | None = None) -> Data:
+               sources: tuple[SampleSource, SampleSource] | None = None, dht: hivemind.DHT | None = None) -> Data:
     """The loaders of gs://<bucket>/<train_prefix> and <val_prefix> (validation uses the training classes).
 
     `sources`: (train, val) already opened (train.py opens them to check the flags before joining the swarm).
+    `dht`: the swarm's DHT, where --coverage swarm claims its blocks.
     """
     from hivedata.loader.loader import Loader
 
-    seed = data_seed(resume_state, peer_id, args.seed)
+    feed = None
+    train_source: str | SampleSource = sources[0] if sources is not None else f"gs://{args.bucket}/{args.train_prefix}"
+    if args.coverage == "swarm":
+        if dht is None:
+            raise ValueError("--coverage swarm claims blocks in the swarm's DHT: build_data needs dht=")
+        seed = args.seed  # one order for the whole swarm (crops too: a sample's crop depends on its data epoch)
+        if isinstance(train_source, str):
+            train_source = open_train_source(args)
+        feed = swarm_feed(args, dht, peer_id, train_source)
+    else:
+        seed = data_seed(resume_state, peer_id, args.seed)
     channels_last = device.type == "cuda"
-    train_source = sources[0] if sources is not None else f"gs://{args.bucket}/{args.train_prefix}"
     train = Loader(train_source, batch_size=args.batch_size, train=True,
                    image_size=args.image_size, backend=args.backend, device=str(device), seed=seed,
                    workers=args.num_workers, shuffle=args.shuffle, block_size=args.block_size,
                    cache_dir=args.cache_dir, cache_size=args.cache_size, channels_last=channels_last,
                    max_missing=args.max_missing, http_version=args.http_version,
-                   strict=args.strict_decode)
+                   strict=args.strict_decode, feed=feed)
     try:
         val_source = sources[1] if sources is not None else f"gs://{args.bucket}/{args.val_prefix}"
         val = Loader(val_source, batch_size=args.batch_size, train=False,
@@ -256,7 +281,7 @@ def build_parts(args: argparse.Namespace, *, loopback: bool = False,
     try:
         checkpoints = build_checkpoints(args)
         data = build_data(args, device=device, peer_id=swarm.peer_id, resume_state=checkpoints.resume_state,
-                          sources=sources)
+                          sources=sources, dht=swarm.dht)
         learner = build_learner(args, dht=swarm.dht, device=device, num_classes=len(data.train.index.classes),
                                 train_samples=len(data.train.index))
     except BaseException:

@@ -98,6 +98,7 @@ class Trainer:
             return
         state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                  "local_epoch": self.opt.local_epoch, "loader": self.train_loader.state_dict(),
+                 "data_epoch": self.train_loader.data_epoch,
                  "args": vars(self.args), "peer_id": self.peer_id, "best_top1": self.best_top1,
                  "val_top1": self.last_top1}
         self.store.save(state, step=self.opt.local_epoch, metric=self.last_top1)
@@ -196,7 +197,7 @@ class Trainer:
             self.checkpoint()
         return {"global_epoch": self.opt.local_epoch, "val_top1": self.last_top1, "best_top1": self.best_top1,
                 "minutes": (time.time() - start) / 60, "group_sizes": list(self.opt.group_sizes),
-                "peer_id": self.peer_id, "stopped_by": self.stop_reason}
+                "peer_id": self.peer_id, "stopped_by": self.stop_reason, "data_epoch": self.train_loader.data_epoch}
 
     def request_stop(self, reason: str) -> None:
         """Asks the loop to checkpoint and leave after the current step (a signal handler may call it)."""

@@ -65,3 +65,21 @@ def test_max_missing_is_a_count_or_a_fraction_and_none_by_default():
     assert count == 50 and isinstance(count, int)
     assert fraction == 0.001 and isinstance(fraction, float)
     assert "fraction" in next(a.help for a in build_parser()._actions if "--max_missing" in a.option_strings)
+
+
+def test_coverage_is_per_peer_by_default_and_swarm_settings_are_checked(capsys):
+    from hivedata.train.parts import coverage_block
+
+    assert parse_args([]).coverage == "peer"
+    a = parse_args(["--coverage", "swarm", "--claim_ttl", "5"])
+    assert (a.coverage, a.claim_ttl, a.coverage_block) == ("swarm", 5.0, None)
+    a.batch_size = 32
+    assert coverage_block(a, 1000) == 32 and coverage_block(a, 10**6) == 1024  # 1/32 of a small set, at least a batch
+    a.coverage_block = 100
+    assert coverage_block(a, 10**6) == 100
+    for argv, message in ((["--claim_ttl", "1"], "--claim_ttl must be at least 3"),
+                          (["--coverage_block", "0"], "--coverage_block must be positive"),
+                          (["--coverage", "global"], "invalid choice")):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert message in capsys.readouterr().err
