@@ -25,16 +25,20 @@ def _train(tmp_path: Path, *flags: str, timeout: float = 900) -> tuple[list[dict
     return summaries, r.stderr
 
 
-def test_embedded_default_learns_above_80_percent(tmp_path):
-    (summary,), _ = _train(tmp_path, "--target_accuracy", "0.8", "--max_minutes", "10")
+@pytest.mark.parametrize("delayed", ["auto", "on"], ids=["default", "delayed-updates"])
+def test_embedded_default_learns_above_80_percent(tmp_path, delayed):
+    """Also with hivemind's delayed updates (one step of staleness): the task still learns."""
+    (summary,), log = _train(tmp_path, "--target_accuracy", "0.8", "--max_minutes", "10", "--delayed_updates", delayed)
+    assert ("gradient averaging, optimizer step" in log) == (delayed == "on")  # what ran in the background
     assert summary["val_top1"] >= 0.8
     assert (tmp_path / "m.png").stat().st_size > 0
     assert any((tmp_path / "ck").glob("ckpt-*.pt"))
 
 
-def test_two_local_peers_average_with_each_other(tmp_path):
+@pytest.mark.parametrize("delayed", ["auto", "on"], ids=["default", "delayed-updates"])
+def test_two_local_peers_average_with_each_other(tmp_path, delayed):
     summaries, log = _train(tmp_path, "--peers", "2", "--epochs", "2", "--warmup_epochs", "0.25",
-                            "--matchmaking_time", "2", "--max_minutes", "6")
+                            "--matchmaking_time", "2", "--max_minutes", "6", "--delayed_updates", delayed)
     assert len(summaries) == 2 and summaries[0]["peer_id"] != summaries[1]["peer_id"]
     assert summaries[0]["global_epoch"] == summaries[1]["global_epoch"] >= 16
     # from hivemind's own group info of the gradient-averaging rounds, not from log text
