@@ -329,11 +329,13 @@ class Plan:
                  f"({_minutes(self.layout.n / first.images_per_s / 60)} at {first.images_per_s:,.0f} images/s; "
                  f"batch {self.batch_size}, block {self.block_size})",
                  ""]
-        head = ("strategy", "samples/GET", "GETs/s", "egress GB/h", "Gbit/s", "ramp-up", "GETs/epoch", "$/epoch", "$/h", "fits?")
+        head = ("strategy", "samples/GET", "GETs/s", "egress GB/h", "Gbit/s", "ramp-up", "GETs/epoch", "$/epoch",
+                "$/h", "fits?")
         rows = [head]
         for ld in self.loads:
             rows.append((ld.reads.strategy, f"{ld.reads.samples_per_get:,.1f}", f"{ld.gets_per_s:,.0f}",
-                         f"{ld.egress_gb_per_h:,.0f}", f"{ld.egress_gb_per_h * 8 / 3600:,.1f}", _minutes(ld.ramp_minutes), f"{ld.reads.gets:,.0f}",
+                         f"{ld.egress_gb_per_h:,.0f}", f"{ld.egress_gb_per_h * 8 / 3600:,.1f}",
+                         _minutes(ld.ramp_minutes), f"{ld.reads.gets:,.0f}",
                          f"{ld.usd_per_epoch:,.2f}", f"{ld.usd_per_hour:,.2f}", ld.verdict()))
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         for k, row in enumerate(rows):
