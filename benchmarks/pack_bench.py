@@ -14,7 +14,10 @@ gs://bucket/out-<row> with --shard-size shards, once per (link, variant):
            serial   this pack with uploads=1, readers=1 (the same pipeline shape as today's)
            parallel this pack with --uploads and --readers (defaults 8 and 2)
 
-Per row: seconds, images/s, MB/s of shards written, and the ratio to the `today` row of the same link.
+Per row: seconds, this process's CPU seconds (all its threads, the native fetch engine's included; the
+emulator and the delay line are other processes), images/s, MB/s of shards written, and the ratio to the
+`today` row of the same link. With --repeats R each variant runs R times per link in alternating order and
+the row is its median.
 Each output prefix is deleted after its row (disk). Nothing else runs in parallel with a row; the machine's
 load average at the start and end is printed since other work on it skews every row alike.
 """
@@ -84,17 +87,17 @@ def run_row(variant: str, link: str, args: argparse.Namespace, today: ModuleType
     """Packs train/ into out-<link>-<variant>/ once; returns the row's figures."""
     dst = f"gs://{BUCKET}/out-{link}-{variant}"
     kw = dict(shard_size=args.shard_size, progress=False, log=lambda s: None)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if variant == "today":
         index = today.pack(f"gs://{BUCKET}/train", dst, **kw)
     elif variant == "serial":
         index = pack_now.pack(f"gs://{BUCKET}/train", dst, uploads=1, readers=1, **kw)
     else:
         index = pack_now.pack(f"gs://{BUCKET}/train", dst, uploads=args.uploads, readers=args.readers, **kw)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     total = int(index.shard_sizes.sum())
     delete_prefix(f"out-{link}-{variant}/")
-    return {"link": link, "variant": variant, "seconds": seconds, "images_per_s": len(index) / seconds,
+    return {"link": link, "variant": variant, "seconds": seconds, "cpu_s": cpu, "images_per_s": len(index) / seconds,
             "mb_per_s": total / 1e6 / seconds, "shards": len(index.shard_names), "images": len(index)}
 
 
@@ -109,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtt_ms", type=float, default=40.0, help="round trip of the delay line row (0: no such row)")
     ap.add_argument("--today-rev", default=TODAY_REV, help="git revision whose pack.py is `today`")
     ap.add_argument("--variants", default="today,serial,parallel", help="which variants, comma-separated")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds per link, the variants' order reversed every other round (a load that drifts "
+                         "during the run then hits every variant alike); the table shows each variant's median")
     args = ap.parse_args(argv)
     today = today_module(args.today_rev)
     variants = args.variants.split(",")
@@ -128,11 +134,16 @@ def main(argv: list[str] | None = None) -> int:
                 if line is not None:
                     os.environ[ENV_VAR] = line.url
                 load_index(f"gs://{BUCKET}/train")  # listed once per link, outside the timed rows
+                runs: dict[str, list[dict]] = {v: [] for v in variants}
+                for k in range(args.repeats):
+                    for variant in variants if k % 2 == 0 else variants[::-1]:
+                        row = run_row(variant, link.replace(" ", ""), args, today)
+                        runs[variant].append(row)
+                        print(f"  {link:>12}  {variant:>8}: {row['seconds']:.1f} s, {row['cpu_s']:.1f} CPU s",
+                              flush=True)
                 for variant in variants:
-                    row = run_row(variant, link.replace(" ", ""), args, today)
-                    row["link"] = link
-                    rows.append(row)
-                    print(f"  {link:>12}  {variant:>8}: {row['seconds']:.1f} s", flush=True)
+                    row = sorted(runs[variant], key=lambda r: r["seconds"])[len(runs[variant]) // 2]  # median
+                    rows.append(row | {"link": link})
             finally:
                 os.environ[ENV_VAR] = em.url
                 if line is not None:
@@ -141,11 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\npack {args.images:,} images, {args.shard_size / 1e6:.0f} MB shards; parallel = uploads "
           f"{args.uploads}, readers {args.readers}; today = git {args.today_rev}; {os.cpu_count()} cores, "
           f"load {load0[0]:.1f} -> {load1[0]:.1f}")
-    print(f"{'link':>12}  {'variant':>8}  {'shards':>6}  {'seconds':>7}  {'images/s':>8}  {'MB/s':>7}  {'vs today':>8}")
+    print(f"{'link':>12}  {'variant':>8}  {'shards':>6}  {'seconds':>7}  {'CPU s':>6}  {'images/s':>8}  {'MB/s':>7}  "
+          f"{'vs today':>8}")
     for r in rows:
         base = next((b for b in rows if b["link"] == r["link"] and b["variant"] == "today"), None)
         ratio = f"{r['mb_per_s'] / base['mb_per_s']:.2f}x" if base else "-"
-        print(f"{r['link']:>12}  {r['variant']:>8}  {r['shards']:>6}  {r['seconds']:>7.1f}  "
+        print(f"{r['link']:>12}  {r['variant']:>8}  {r['shards']:>6}  {r['seconds']:>7.1f}  {r['cpu_s']:>6.1f}  "
               f"{r['images_per_s']:>8,.0f}  {r['mb_per_s']:>7.1f}  {ratio:>8}")
     return 0
 
