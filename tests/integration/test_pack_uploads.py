@@ -24,8 +24,8 @@ def bucket(gcs_emulator) -> str:
     return name
 
 
-def shard_bytes(bucket: str, index) -> list[bytes]:
-    with Fetcher(bucket) as f:
+def shard_bytes(bucket: str, index, endpoint: str) -> list[bytes]:
+    with Fetcher(bucket, endpoint=endpoint) as f:
         return [f.read(n) for n in index.shard_names]
 
 
@@ -41,7 +41,7 @@ def test_parallel_uploads_survive_refusals_and_equal_a_serial_pack(bucket, gcs_e
         uploads = [x for x in proxy.exchanges if "/upload/" in x.target and x.status == 200]
     assert len(serial.shard_names) > 3
     assert len(uploads) == len(parallel.shard_names) + 2  # every shard, the plan and the index, once each
-    assert shard_bytes(bucket, serial) == shard_bytes(bucket, parallel)
+    assert shard_bytes(bucket, serial, gcs_emulator.url) == shard_bytes(bucket, parallel, gcs_emulator.url)
     assert serial.crcs.tolist() == parallel.crcs.tolist()
 
 
