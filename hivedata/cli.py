@@ -1,4 +1,4 @@
-"""`python -m hivedata …`: emulator, demo, index, pack, plot, verify."""
+"""`python -m hivedata …`: emulator, demo, index, pack, plan, plot, verify."""
 
 from __future__ import annotations
 
@@ -76,10 +76,37 @@ def cmd_pack(args: argparse.Namespace) -> int:
     try:
         size = parse_size(args.shard_size)
         pack(args.src, args.dst, shard_size=size, stem=args.name, verify=args.verify, progress=not args.quiet,
-             order=args.order, seed=args.seed)
+             order=args.order, seed=args.seed, uploads=args.uploads, readers=args.readers,
+             max_memory=parse_size(args.max_memory), fetch_in_flight=args.fetch_in_flight)
     except (ValueError, FileNotFoundError) as e:
         print(f"hivedata pack: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Prints what a swarm will ask of the bucket per read strategy, and a verdict."""
+    from hivedata.common import parse_size
+    from hivedata.tools.plan import Bucket, imagenet_layout, layout_of, make_plan
+
+    shard_bytes = parse_size(args.shard_size)
+    url = args.source or args.shards
+    if url is None:
+        layout = imagenet_layout(shard_bytes)
+    else:
+        from hivedata.gcs.paths import storage_endpoint
+        from hivedata.sources.resolve import SourceOptions, open_source
+
+        source = open_source(url, SourceOptions(storage_endpoint(None), "auto", labels=args.labels))
+        if args.shards and not source.coalesces:
+            raise ValueError(f"--shards {url} is not a set of shards (a …/name.index.npz or …/*.tar)")
+        layout = layout_of(source, shard_bytes)
+    bucket = Bucket(initial_reads_per_s=args.initial_reads_per_s, doubling_minutes=args.doubling_minutes,
+                    max_ramp_minutes=args.max_ramp_minutes, usd_per_10k_ops=args.price_per_10k_ops)
+    plan = make_plan(layout, peers=args.peers, images_per_s=args.images_per_s, batch_size=args.batch_size,
+                     block_size=args.block_size, coalesce_gap=parse_size(args.coalesce_gap), bucket=bucket)
+    for line in plan.table():
+        print(line)
     return 0
 
 
@@ -125,8 +152,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--order", default="random", choices=["random", "sorted"],
                    help="sample order across shards: random (seeded; every shard holds every class) or sorted")
     p.add_argument("--seed", type=int, default=0, help="seed of the random order")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress (else a live line on a terminal, a log line "
+                                                        "every 30 s otherwise)")
+    p.add_argument("--uploads", type=int, default=8, help="shards uploaded at once")
+    p.add_argument("--readers", type=int, default=2, help="shards read at once")
+    p.add_argument("--fetch-in-flight", type=int, default=64, help="GETs in flight per reader")
+    p.add_argument("--max-memory", default="4GB", help="shards held in memory at once, at most about this much")
     p.set_defaults(fn=cmd_pack)
+    p = sub.add_parser("plan", help="what a swarm asks of the bucket: GETs/s, egress, ramp-up, cost, per strategy")
+    p.add_argument("--peers", type=int, required=True, help="training peers reading at once")
+    p.add_argument("--images-per-s", type=float, required=True, help="images per second each peer reads")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--source", help="the dataset (gs://bucket/prefix, shards, a folder); default: ImageNet "
+                                       "figures (1,281,167 images, ~110 KB each)")
+    what.add_argument("--shards", help="packed shards (gs://…/name.index.npz or gs://…/*.tar)")
+    p.add_argument("--labels", help="labels file for a flat folder --source (as for index)")
+    p.add_argument("--batch_size", "--batch-size", type=int, default=64, help="per-peer batch size (train.py's)")
+    p.add_argument("--block_size", "--block-size", type=int, default=64, help="--shuffle block run length (train.py's)")
+    p.add_argument("--coalesce-gap", default="64KiB", help="shard members this close share one GET (the Loader's)")
+    p.add_argument("--shard-size", default="256MB", help="shard size assumed for data not packed yet (pack's)")
+    p.add_argument("--price-per-10k-ops", type=float, default=0.004,
+                   help="USD per 10,000 Class B operations (default: an assumption, GCS Standard list price as of "
+                        "2025-01)")
+    p.add_argument("--initial-reads-per-s", type=float, default=5000, help="the bucket's read rate to start with")
+    p.add_argument("--doubling-minutes", type=float, default=20, help="the bucket may double its rate this often")
+    p.add_argument("--max-ramp-minutes", type=float, default=60, help="longest ramp-up a strategy may need to fit")
+    p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("plot", help="draw a training metrics file (.jsonl/.csv) to PNG")
     p.add_argument("metrics", help="metrics file written by train.py")
     p.add_argument("--out", help="PNG path (default: next to the metrics file)")
@@ -151,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def data_error(exc: BaseException, args: argparse.Namespace) -> str | None:
     """'<argument>: <what is wrong>' for a data-location error of `hivedata index`; None for anything else."""
+    if args.cmd == "plan":
+        return _plan_error(exc, args)
     if args.cmd not in ("index", "verify"):
         return None
     from hivedata.gcs.paths import parse_gcs_url
@@ -164,6 +217,16 @@ def data_error(exc: BaseException, args: argparse.Namespace) -> str | None:
     if args.labels and args.labels.startswith("gs://"):
         locations[args.labels] = "--labels"
     return blame(exc, locations, bucket=loc.bucket, bucket_flag="URL", labels_flag="--labels", default="URL")
+
+
+def _plan_error(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """'<flag>: <what is wrong>' for a bad plan argument or an unreadable --source/--shards; None otherwise."""
+    if isinstance(exc, ValueError):
+        return str(exc).removeprefix("plan: ")
+    url = args.source or args.shards
+    if url is None or not isinstance(exc, (OSError, LookupError)):
+        return None
+    return f"{'--source' if args.source else '--shards'} {url}: {exc}"
 
 
 if __name__ == "__main__":

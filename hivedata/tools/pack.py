@@ -13,52 +13,76 @@ whole-object download, checksummed) to record their members' crc32c.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
+import queue
 import random
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from hivedata import _native
 from hivedata.gcs.paths import parse_gcs_url
 from hivedata.sources.base import SampleSource
-from hivedata.sources.reading import read_samples
+from hivedata.sources.reading import read_plan_into, read_samples
 from hivedata.sources.resolve import SourceOptions, open_source
 from hivedata.sources.shards import ShardIndex
 from hivedata.sources.tar_layout import archive_size, member_header, padded
+from hivedata.tools.throughput import ThroughputMeter
 
 
 @dataclass
 class Source:
-    """The samples to pack: a SampleSource (a gs:// prefix or a local folder), a WebDataset key per sample."""
+    """The samples to pack: a SampleSource (a gs:// prefix or a local folder), a WebDataset key per sample.
+
+    `fetchers` read the samples' objects (a gs:// source): one per concurrent reader, since a Fetcher
+    iterates one fetch() at a time; reader() lends one.
+    """
 
     samples: SampleSource
     keys: list[str]
-    fetcher: Any = None  # reads the samples' objects (a gs:// source)
+    fetchers: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.classes: list[str] = list(self.samples.classes)
         self.sizes: list[int] = self.samples.sizes.tolist()
         self.labels: list[int] = self.samples.labels.tolist()
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for f in self.fetchers or [None]:
+            self._idle.put(f)
 
     def __len__(self) -> int:
         return len(self.keys)
 
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Any]:
+        """A fetcher no other thread uses meanwhile (None for a local source); waits for one."""
+        f = self._idle.get()
+        try:
+            yield f
+        finally:
+            self._idle.put(f)
+
     def read_many(self, nums: list[int]) -> list[bytes]:
         """The bytes of samples `nums`."""
-        return read_samples(self.samples, nums, self.fetcher)
+        with self.reader() as f:
+            return read_samples(self.samples, nums, f)
 
     def describe(self, i: int) -> str:
         """Sample i's origin."""
         return self.samples.describe(i)
 
     def close(self) -> None:
-        """Closes the fetcher."""
-        if self.fetcher is not None:
-            self.fetcher.close()
+        """Closes the fetchers."""
+        for f in self.fetchers:
+            f.close()
 
 
 @dataclass
@@ -77,8 +101,9 @@ def _key(rel: str) -> str:
     return stem.replace(".", "_")
 
 
-def open_pack_source(url: str, *, fetch_in_flight: int = 64) -> Source:
-    """Samples of an ILSVRC-layout gs:// prefix (through the cached listing index) or local directory."""
+def open_pack_source(url: str, *, fetch_in_flight: int = 64, readers: int = 1) -> Source:
+    """Samples of an ILSVRC-layout gs:// prefix (through the cached listing index) or local directory;
+    `readers` fetchers of `fetch_in_flight` concurrent GETs each read it."""
     from hivedata.gcs.fetch import Fetcher
     from hivedata.gcs.paths import storage_endpoint
 
@@ -88,8 +113,8 @@ def open_pack_source(url: str, *, fetch_in_flight: int = 64) -> Source:
     base = samples.url.rstrip("/") + "/"
     names = [samples.describe(i) for i in range(len(samples))]
     keys = [_key(n[len(base):] if n.startswith(base) else n) for n in names]
-    fetcher = Fetcher(samples.bucket, max_in_flight=fetch_in_flight) if samples.bucket else None
-    return Source(samples, keys, fetcher)
+    fetchers = [Fetcher(samples.bucket, max_in_flight=fetch_in_flight) for _ in range(readers if samples.bucket else 0)]
+    return Source(samples, keys, fetchers)
 
 
 def sample_order(n: int, order: str, seed: int) -> list[int]:
@@ -144,6 +169,76 @@ def build_tar(src: Source, shard: PlannedShard, data: list[bytes]) -> bytes:
     return bytes(out)
 
 
+def layout_tar(src: Source, shard: PlannedShard, out: np.ndarray) -> None:
+    """Writes the shard's headers and .cls members into `out` (shard.size zeroed bytes); image bytes go later."""
+    pos = 0
+    for i, start in zip(shard.samples, shard.starts, strict=True):
+        img = member_header(f"{src.keys[i]}.jpg", src.sizes[i])
+        out[pos:pos + len(img)] = np.frombuffer(img, dtype=np.uint8)
+        pos += len(img)
+        if pos != start:
+            raise AssertionError(f"pack: {shard.name}: {src.keys[i]}.jpg lands at {pos}, planned {start}")
+        pos += padded(src.sizes[i])
+        cls_text = str(src.labels[i]).encode()
+        member = member_header(f"{src.keys[i]}.cls", len(cls_text)) + cls_text
+        out[pos:pos + len(member)] = np.frombuffer(member, dtype=np.uint8)
+        pos += len(member) - len(cls_text) + padded(len(cls_text))
+    if archive_size(pos) != shard.size:
+        raise AssertionError(f"pack: {shard.name} came out at {archive_size(pos)} bytes, planned {shard.size}")
+
+
+def read_tar(src: Source, shard: PlannedShard) -> tuple[np.ndarray, list[int]]:
+    """The shard's bytes (read straight into place: one buffer of shard.size) and its images' crc32c."""
+    out = np.zeros(shard.size, dtype=np.uint8)
+    layout_tar(src, shard, out)
+    nums = np.asarray(shard.samples, dtype=np.int64)
+    plan = src.samples.plan(nums)
+    starts = shard.starts
+    if all(len(s.members) == 1 and s.length == src.sizes[shard.samples[s.members[0]]] for s in plan.spans):
+        spans = [replace(s, offset=starts[s.members[0]]) for s in plan.spans]  # each image straight into the tar
+        plan = replace(plan, offsets=np.asarray(starts, dtype=np.int64), spans=spans, arena_size=shard.size)
+        with src.reader() as fetcher:
+            read_plan_into(src.samples, plan, out, fetcher)
+    else:  # reads that cover several samples (a shard source): through an arena of their own
+        for start, blob in zip(starts, src.read_many(shard.samples), strict=True):
+            out[start:start + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+    return out, member_crcs(src, shard, out)
+
+
+class _BufferReader(io.RawIOBase):
+    """A seekable, read-only file over a buffer, so an upload reads the shard without a copy of all of it."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
+        out = bytes(self._view[self._pos:end])
+        self._pos = max(self._pos, end)
+        return out
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        memoryview(b).cast("B")[:len(data)] = data
+        return len(data)
+
+
 class Destination:
     """Where shards go: a local directory (temp file + rename) or a gs:// prefix (atomic object uploads)."""
 
@@ -152,7 +247,7 @@ class Destination:
         if url.startswith("gs://"):
             where = parse_gcs_url(url)
             self.bucket_name, self.prefix = where.bucket, where.prefix.rstrip("/")
-            self._bucket: Any = None
+            self._local = threading.local()  # one storage client per thread (uploads run in several)
         else:
             self.bucket_name, self.prefix = "", str(Path(url).resolve())
             Path(self.prefix).mkdir(parents=True, exist_ok=True)
@@ -169,11 +264,23 @@ class Destination:
         return os.path.join(self.prefix, name)
 
     def _blobs(self) -> Any:
-        if self._bucket is None:
+        bucket = getattr(self._local, "bucket", None)
+        if bucket is None:
             from hivedata.gcs.storage import storage_client
 
-            self._bucket = storage_client().bucket(self.bucket_name)
-        return self._bucket
+            bucket = self._local.bucket = storage_client().bucket(self.bucket_name)
+        return bucket
+
+    def listing(self, stem: str) -> dict[str, tuple[int, int]]:
+        """(size, generation) of every object named `<stem>-*` here, by name: one listing, not a GET per shard."""
+        if self.is_gcs:
+            where = self.object_name(f"{stem}-")
+            blobs = self._blobs().client.list_blobs(self.bucket_name, prefix=where,
+                                                    fields="items(name,size,generation),nextPageToken")
+            cut = len(where) - len(stem) - 1
+            return {b.name[cut:]: (int(b.size), int(b.generation)) for b in blobs}
+        with os.scandir(self.prefix) as entries:
+            return {e.name: (e.stat().st_size, 0) for e in entries if e.name.startswith(f"{stem}-") and e.is_file()}
 
     def existing(self, name: str) -> tuple[int, int] | None:
         """(size, generation) of `name` if it exists."""
@@ -183,11 +290,16 @@ class Destination:
         path = self.object_name(name)
         return (os.path.getsize(path), 0) if os.path.exists(path) else None
 
-    def write(self, name: str, data: bytes) -> int:
-        """Writes `name` atomically; returns its generation (0 locally)."""
+    def write(self, name: str, data: bytes | np.ndarray) -> int:
+        """Writes `name` (bytes or a uint8 buffer) atomically; returns its generation (0 locally)."""
         if self.is_gcs:
+            from google.cloud.storage.retry import DEFAULT_RETRY
+
             blob = self._blobs().blob(self.object_name(name))
-            blob.upload_from_string(data, content_type="application/x-tar", checksum="crc32c")
+            size = memoryview(data).nbytes
+            # the same name with the same bytes: a retried upload is harmless
+            blob.upload_from_file(_BufferReader(data), size=size, content_type="application/x-tar",
+                                  checksum="crc32c", retry=DEFAULT_RETRY)
             return int(blob.generation or 0)
         path = self.object_name(name)
         tmp = f"{path}.tmp-{os.getpid()}"
@@ -214,7 +326,7 @@ class Destination:
             return f.read(length)
 
 
-def member_crcs(src: Source, shard: PlannedShard, tar: bytes) -> list[int]:
+def member_crcs(src: Source, shard: PlannedShard, tar: bytes | np.ndarray) -> list[int]:
     """The crc32c of each sample's image bytes inside `tar`, the shard as planned (read back to resume)."""
     if len(tar) != shard.size:
         raise ValueError(f"pack: {shard.name} has {len(tar)} bytes, planned {shard.size}")
@@ -249,59 +361,139 @@ def _check_plan(dst: Destination, stem: str, digest: str) -> None:
     dst.write(name, digest.encode())
 
 
+DEFAULT_UPLOADS = 8  # shards uploaded at once
+DEFAULT_READERS = 2  # shards read at once (each with its own fetcher)
+DEFAULT_MAX_MEMORY = 4 * 10**9  # shard buffers held at once, at most about this many bytes
+
+
+def shards_in_memory(shard_size: int, uploads: int, readers: int, max_memory: int) -> int:
+    """How many shards may be held at once: one per reader and uploader, within max_memory (at least one)."""
+    per_shard = shard_size + min(shard_size, 100 * 2**20)  # the buffer, and the chunk an upload copies out of it
+    return max(1, min(uploads + readers, max_memory // per_shard))
+
+
 def pack(src_url: str, dst_url: str, *, shard_size: int = 256 * 10**6, stem: str | None = None,
          verify: int = 0, progress: bool = True, log: Callable[[str], None] = print, order: str = "random",
-         seed: int = 0) -> ShardIndex:
-    """Packs SRC into shards under DST (resuming), writes the index, optionally verifies `verify` samples."""
+         seed: int = 0, uploads: int = DEFAULT_UPLOADS, readers: int = DEFAULT_READERS,
+         max_memory: int = DEFAULT_MAX_MEMORY, fetch_in_flight: int = 64) -> ShardIndex:
+    """Packs SRC into shards under DST (resuming), writes the index, optionally verifies `verify` samples.
+
+    `readers` shards are read at once (each with `fetch_in_flight` GETs in flight) and `uploads` shards
+    uploaded at once, holding at most max_memory bytes of shards; uploads=1, readers=1 is the sequential
+    pipeline of earlier versions (the next shard is read while one is uploaded).
+    """
     if shard_size < 64 * 1024:
         raise ValueError(f"shard size {shard_size} is too small (at least 64 KiB)")
-    src = open_pack_source(src_url)
+    for what, n in (("uploads", uploads), ("readers", readers), ("fetch_in_flight", fetch_in_flight)):
+        if n < 1:
+            raise ValueError(f"pack: {what} must be at least 1, got {n}")
+    src = open_pack_source(src_url, fetch_in_flight=fetch_in_flight, readers=readers)
     try:
         return _pack(src, dst_url, shard_size=shard_size, stem=stem or (src_url.rstrip("/").rsplit("/", 1)[-1]
                                                                         or "shards"),
-                     verify=verify, progress=progress, log=log, order=order, seed=seed)
+                     verify=verify, progress=progress, log=log, order=order, seed=seed, uploads=uploads,
+                     readers=readers, max_memory=max_memory)
     finally:
         src.close()
 
 
-def _pack(src: Source, dst_url: str, *, shard_size: int, stem: str, verify: int, progress: bool,
-          log: Callable[[str], None], order: str, seed: int) -> ShardIndex:
-    from tqdm.auto import tqdm
+class _Packer:
+    """Reads shards (`readers` threads) and uploads them (`uploads` threads), `slots` shards held at once."""
 
+    def __init__(self, src: Source, dst: Destination, shards: list[PlannedShard], *, uploads: int, readers: int,
+                 slots: int, meter: ThroughputMeter) -> None:
+        self.src, self.dst, self.shards, self.meter = src, dst, shards, meter
+        self.generations: list[int] = [0] * len(shards)
+        self.crcs: list[list[int]] = [[] for _ in shards]
+        self.skipped = 0
+        self._slots = threading.BoundedSemaphore(slots)
+        self._failed = threading.Event()
+        self._read_pool = ThreadPoolExecutor(readers, thread_name_prefix="pack-read")
+        self._upload_pool = ThreadPoolExecutor(uploads, thread_name_prefix="pack-upload")
+
+    def run(self, existing: dict[str, tuple[int, int]]) -> None:
+        """Packs every shard not already there (with its planned size); raises the first failure."""
+        reads: list[Future] = []
+        try:
+            for n, shard in enumerate(self.shards):
+                while not self._slots.acquire(timeout=0.2):  # a held slot frees when its shard is uploaded
+                    if self._failed.is_set():
+                        break
+                if self._failed.is_set():
+                    break
+                have = existing.get(shard.name)
+                resume = have if have is not None and have[0] == shard.size else None
+                self.skipped += resume is not None
+                reads.append(self._read_pool.submit(self._read, n, shard, resume))
+            uploads = [f.result() for f in reads]  # the first failed read raises here
+            for f in uploads:
+                if f is not None:
+                    f.result()
+        finally:
+            self._failed.set()  # stops the loop above if we got here by an exception
+            for f in reads:
+                f.cancel()
+            self._read_pool.shutdown(wait=True, cancel_futures=True)
+            self._upload_pool.shutdown(wait=True, cancel_futures=True)
+
+    def _read(self, n: int, shard: PlannedShard, resume: tuple[int, int] | None) -> Future | None:
+        """Reads shard n (or, when it is there already, its members' crc32c) and hands it to an uploader."""
+        handed = False  # the upload releases the slot from then on
+        try:
+            if self._failed.is_set():
+                raise RuntimeError("pack: stopped after another shard failed")
+            if resume is not None:  # a whole-object download, checksummed; its members' crc32c for the index
+                self.generations[n] = resume[1]
+                self.crcs[n] = member_crcs(self.src, shard, self.dst.read_all(shard.name, resume[1]))
+                self.meter.add(len(shard.samples), shard.size, skipped=True)
+                return None
+            data, self.crcs[n] = read_tar(self.src, shard)
+            upload = self._upload_pool.submit(self._upload, n, shard, data)
+            handed = True
+            return upload
+        except BaseException:
+            self._failed.set()
+            raise
+        finally:
+            if not handed:
+                self._slots.release()
+
+    def _upload(self, n: int, shard: PlannedShard, data: np.ndarray) -> None:
+        try:
+            if self._failed.is_set():
+                raise RuntimeError("pack: stopped after another shard failed")
+            self.generations[n] = self.dst.write(shard.name, data)
+            self.meter.add(len(shard.samples), shard.size)
+        except BaseException:
+            self._failed.set()
+            raise
+        finally:
+            del data
+            self._slots.release()
+
+
+def _pack(src: Source, dst_url: str, *, shard_size: int, stem: str, verify: int, progress: bool,
+          log: Callable[[str], None], order: str, seed: int, uploads: int = DEFAULT_UPLOADS,
+          readers: int = DEFAULT_READERS, max_memory: int = DEFAULT_MAX_MEMORY) -> ShardIndex:
     dst = Destination(dst_url)
     shards = plan_shards(src, shard_size, stem, sample_order(len(src), order, seed))
     _check_plan(dst, stem, plan_digest(src, shards))
-    generations: list[int] = [0] * len(shards)
-    crcs: list[list[int]] = [[] for _ in shards]
-    skipped = 0
-    bar = tqdm(total=sum(s.size for s in shards), unit="B", unit_scale=True, desc=f"packing {len(shards)} shards",
-               disable=not progress)
-    with ThreadPoolExecutor(1) as writer:  # the next shard is fetched while this one is written
-        pending = None
-        for n, shard in enumerate(shards):
-            have = dst.existing(shard.name)
-            if have is not None and have[0] == shard.size:
-                generations[n] = have[1]
-                crcs[n] = member_crcs(src, shard, dst.read_all(shard.name, have[1]))
-                skipped += 1
-                bar.update(shard.size)
-                continue
-            images = src.read_many(shard.samples)
-            crcs[n] = [_native.crc32c(b) for b in images]
-            data = build_tar(src, shard, images)
-            if pending is not None:
-                pending.result()
-            pending = writer.submit(lambda n=n, s=shard, d=data: (generations.__setitem__(n, dst.write(s.name, d)),
-                                                                  bar.update(s.size)))
-        if pending is not None:
-            pending.result()
-    bar.close()
+    meter = ThroughputMeter(len(src), sum(s.size for s in shards), what=f"pack {len(shards)} shards", log=log,
+                            enabled=progress)
+    slots = shards_in_memory(max((s.size for s in shards), default=0), uploads, readers, max_memory)
+    packer = _Packer(src, dst, shards, uploads=uploads, readers=readers, slots=slots, meter=meter)
+    packer.run(dst.listing(stem))
+    if progress:
+        summary = meter.finish()
+        if not meter.tty:
+            log(summary)
     samples = [(n, start, src.sizes[i], src.labels[i], src.keys[i])
                for n, s in enumerate(shards) for i, start in zip(s.samples, s.starts, strict=True)]
     index = ShardIndex.build(dst.bucket_name, dst.prefix, src.classes, [dst.object_name(s.name) for s in shards],
-                             [s.size for s in shards], generations, samples, crcs=[c for cs in crcs for c in cs])
+                             [s.size for s in shards], packer.generations, samples,
+                             crcs=[c for cs in packer.crcs for c in cs])
     dst.write(index_name(stem), index.to_bytes())
-    log(f"pack: {len(src)} samples in {len(shards)} shards ({skipped} already there) -> "
+    log(f"pack: {len(src)} samples in {len(shards)} shards ({packer.skipped} already there) -> "
         f"{dst.object_name(index_name(stem))}")
     if verify:
         verify_packed(src, dst, index, verify)

@@ -62,7 +62,7 @@ except (ImportError, AttributeError):  # pragma: no cover - non-Linux
     fcntl = None  # type: ignore[assignment]
     _TIOCOUTQ = None
 
-__all__ = ["FAULT_KINDS", "FaultProxy"]
+__all__ = ["FAULT_KINDS", "Exchange", "FaultProxy"]
 
 FAULT_KINDS = ("status", "reset_mid_body", "reset_before_response", "slow_first_byte", "corrupt_body",
                "ignore_range", "shift_range", "stall_mid_body")
@@ -101,6 +101,16 @@ class _UpstreamClosed(Exception):
 
 class _BadMessage(Exception):
     """A malformed HTTP message was received."""
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One relayed request: method, percent-decoded target (path and query), status, body bytes sent back."""
+
+    method: str
+    target: str
+    status: int
+    body_bytes: int
 
 
 @dataclass
@@ -584,6 +594,7 @@ class _ClientConnection:
         except OSError:
             raise _Abort("client gone") from None
 
+        proxy._record(Exchange(request.method, urllib.parse.unquote(request.target), code, sent))
         if resetting and fault is not None and fault.kind == "stall_mid_body":
             self._close_upstream()
             self._sleep(fault.delay)  # the client sees a connection that went silent
@@ -624,6 +635,7 @@ class FaultProxy:
             0,
         )
         self._last_headers: dict[str, str] = {}
+        self._exchanges: list[Exchange] = []
         self._stopping = threading.Event()
         self._listener: socket.socket | None = None
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
@@ -759,7 +771,17 @@ class FaultProxy:
         with self._lock:
             return dict(self._stats)
 
+    @property
+    def exchanges(self) -> list[Exchange]:
+        """Every forwarded request whose response body was relayed (in part, for a mid-body fault), in order."""
+        with self._lock:
+            return list(self._exchanges)
+
     # -- internals -----------------------------------------------------------------------------------
+
+    def _record(self, exchange: Exchange) -> None:
+        with self._lock:
+            self._exchanges.append(exchange)
 
     def _count(self, name: str) -> None:
         with self._lock:
