@@ -99,8 +99,9 @@ def split_point(lo: str, hi: str | None, alphabet: str = DEFAULT_ALPHABET) -> st
             if code is not None:
                 return "".join(out) + chr(code)
             out.append(b)  # hi[i] is the lowest code point: m must start with out + hi[i]
-            i += 1
-            continue
+            if i + 1 < len(hi):
+                return "".join(out)  # lo < out (longer, lo is its prefix) < hi (its proper prefix)
+            return None
         # No alphabet character fits here: go one character deeper, where only lo bounds (out + a < hi already).
         out.append(a)
         i += 1

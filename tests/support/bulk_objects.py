@@ -36,6 +36,13 @@ def fill_bucket(emulator: Emulator, bucket: str, names: Sequence[str], data: byt
         raise ValueError(f"no object names to write into bucket {bucket!r}")
     for n in names:
         _check_name(n)
+    known = set(names)
+    for n in names:
+        parts = n.split("/")
+        for k in range(1, len(parts)):
+            if "/".join(parts[:k]) in known:
+                raise ValueError(f"object {'/'.join(parts[:k])!r} would be a folder of {n!r} in the filesystem "
+                                 "backend: it cannot hold both")
     emulator.create_bucket(bucket)
     emulator.upload(bucket, names[0], data)
     seed = Path(root) / bucket / names[0]
