@@ -127,21 +127,33 @@ class GcsJsonClient:
             time.sleep(random.uniform(0, min(5.0, 0.1 * 2 ** attempt)))
         raise AssertionError("unreachable")
 
-    def list_pages(self, bucket: str, prefix: str = "", delimiter: str | None = None,
-                   page_size: int = 1000) -> Iterator[ListPage]:
-        """Pages of objects under `prefix` (and sub-prefixes when `delimiter` is set)."""
+    def list_page(self, bucket: str, prefix: str = "", *, delimiter: str | None = None, page_size: int = 1000,
+                  start_offset: str | None = None, end_offset: str | None = None, page_token: str | None = None,
+                  what: str | None = None) -> tuple[ListPage, str | None]:
+        """One page of objects under `prefix` with names in [start_offset, end_offset), and the next page's token."""
         url = f"{self.endpoint}/storage/v1/b/{quote(bucket, safe='')}/o"
         params: dict[str, str | int] = {"prefix": prefix, "maxResults": page_size,
                                         "fields": "items(name,size,generation),prefixes,nextPageToken"}
         if delimiter:
             params["delimiter"] = delimiter
-        what = f"listing gs://{bucket}/{prefix}"
+        if start_offset:
+            params["startOffset"] = start_offset
+        if end_offset:
+            params["endOffset"] = end_offset
+        if page_token:
+            params["pageToken"] = page_token
+        what = what or f"listing gs://{bucket}/{prefix}"
+        return parse_list_page(self._get(url, params, what, bucket).content, what, bucket)
+
+    def list_pages(self, bucket: str, prefix: str = "", delimiter: str | None = None,
+                   page_size: int = 1000) -> Iterator[ListPage]:
+        """Pages of objects under `prefix` (and sub-prefixes when `delimiter` is set)."""
+        token: str | None = None
         while True:
-            page, token = parse_list_page(self._get(url, params, what, bucket).content, what, bucket)
+            page, token = self.list_page(bucket, prefix, delimiter=delimiter, page_size=page_size, page_token=token)
             yield page
             if token is None:
                 return
-            params["pageToken"] = token
 
     def object_meta(self, bucket: str, name: str) -> ObjectMeta:
         """Size and generation of one object."""

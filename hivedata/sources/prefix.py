@@ -20,6 +20,7 @@ from hivedata.common import cache_root, string_blob
 from hivedata.errors import DataFormatError, IndexStaleError, ObjectNotFoundError
 from hivedata.gcs.auth import token_source
 from hivedata.gcs.json_client import GcsJsonClient, ObjectMeta
+from hivedata.gcs.parallel_listing import ListTask, list_ranges
 from hivedata.gcs.paths import parse_gcs_url, storage_endpoint
 from hivedata.sources.base import BucketSource, CacheKey
 from hivedata.sources.labels import NoImagesError, label_flat, parse_labels  # noqa: F401 (parse_labels: its old home)
@@ -165,23 +166,56 @@ class _Lister:
         return results
 
 
+def list_tree(client: GcsJsonClient, bucket: str, prefix: str, *, workers: int = 16,
+              progress: bool = True) -> tuple[list[str], list[ObjectMeta], list[list[ObjectMeta]]]:
+    """(folders, top-level files, each folder's objects) under prefix, as delimiter listings would give them.
+
+    One delimiter page first: when it is the only page, its folders are listed in parallel (one range per
+    folder, large folders split between workers); otherwise (a flat folder, or more than a page of folders)
+    the whole prefix is listed in parallel by splitting its name range, and folders are read off the names.
+    """
+    what = f"listing gs://{bucket}/{prefix}"
+    page, token = client.list_page(bucket, prefix, delimiter="/", what=what)
+    if token is None:
+        folders = list(page.prefixes)
+        per_folder = list_ranges(client, bucket, [ListTask(f) for f in folders], workers=workers,
+                                 progress=progress) if folders else []
+        return folders, page.objects, per_folder
+    [objects] = list_ranges(client, bucket, [ListTask(prefix)], workers=workers, progress=progress)
+    files: list[ObjectMeta] = []
+    groups: dict[str, list[ObjectMeta]] = {}
+    for o in objects:
+        cut = o.name.find("/", len(prefix))
+        if cut < 0:
+            files.append(o)
+        else:
+            groups.setdefault(o.name[:cut + 1], []).append(o)
+    folders = sorted(groups)
+    return folders, files, [groups[f] for f in folders]
+
+
 def build_index(url: str, *, classes: Sequence[str] | None = None, labels: str | dict[str, str] | None = None,
                 endpoint: str | None = None, credentials: Any = "auto", workers: int = 16, progress: bool = True,
-                extensions: Sequence[str] | None = IMAGE_EXTENSIONS) -> Index:
+                extensions: Sequence[str] | None = IMAGE_EXTENSIONS, split_ranges: bool = True) -> Index:
     """Lists gs://bucket/prefix once into an Index.
 
     Folder layout (<prefix>/<class>/<file>): classes sorted like torchvision's ImageFolder, or taken from
     `classes` (validation reuses training's map; an unknown folder is an error). Flat layout
     (<prefix>/<file>): `labels` (a labels file path, gs:// URL, its text mapping, or a dict stem->class)
-    gives each file's class. extensions=None indexes every object.
+    gives each file's class. extensions=None indexes every object. split_ranges=False lists as before
+    (class folders one per worker, a flat prefix one page after another), for comparison.
     """
     loc = parse_gcs_url(url)
     ep = storage_endpoint(endpoint)
     tokens = token_source(credentials, ep)
     client = GcsJsonClient(ep, tokens)
     prefix = loc.prefix if not loc.prefix or loc.prefix.endswith("/") else loc.prefix + "/"
-    lister = _Lister(client, loc.bucket, workers, progress)
-    folders, files = lister.top(prefix)
+    if split_ranges:
+        folders, files, listed = list_tree(client, loc.bucket, prefix, workers=workers, progress=progress)
+    else:
+        lister = _Lister(client, loc.bucket, workers, progress)
+        folders, files = lister.top(prefix)
+        listed = lister.folders(folders) if folders else []
     entries: list[ObjectMeta] = []
     labels_out: list[int] = []
     skipped = 0
@@ -197,7 +231,7 @@ def build_index(url: str, *, classes: Sequence[str] | None = None, labels: str |
                                       f"training classes ({len(unknown)} unknown folders)",
                                       url=f"gs://{loc.bucket}/{prefix}")
         cidx = {c: i for i, c in enumerate(class_list)}
-        for fname, objs in zip(folder_names, lister.folders(folders), strict=True):
+        for fname, objs in zip(folder_names, listed, strict=True):
             for o in objs:
                 if _is_image(o.name, extensions):
                     entries.append(o)

@@ -109,6 +109,13 @@ class Emulator:
         return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
+    def filesystem_root(self) -> Path | None:
+        """Directory the filesystem backend keeps its buckets in (None for the memory backend or before start)."""
+        if self.backend != "filesystem":
+            return None
+        return self._data_dir or (Path(self._tmp) if self._tmp else None)
+
+    @property
     def ssl_context(self) -> ssl.SSLContext | None:
         """The context the emulator's own HTTPS requests verify the server with (None for plain HTTP)."""
         return self._ssl
