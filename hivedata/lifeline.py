@@ -12,6 +12,10 @@ they used to live on as orphans (about 1.6 GB of RSS per killed peer). After :fu
 - Elsewhere (macOS, or a fork from another thread): a daemon thread in the child polls ``getppid()`` every
   :data:`POLL_S` seconds and kills the child once it has been re-parented.
 
+A program started with ``subprocess`` (the embedded emulator, the extra local peers) is armed by starting it
+through :func:`command`: a few lines of Python set the parent-death signal and ``exec`` the program in place
+(same pid). That needs Linux and a start from the main thread; elsewhere the command line is left as it is.
+
 Grandchildren need nothing more: hivemind's p2pd daemon exits within a fraction of a second of its DHT process,
 and torch's ``torch_shm_manager`` once its last client is gone. Children started with the ``spawn`` method and
 plain ``os.fork()`` children are not armed (the hooks run in ``multiprocessing``'s fork bootstrap only).
@@ -22,11 +26,12 @@ from __future__ import annotations
 import ctypes
 import multiprocessing.util
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 POLL_S = 0.5  # how often the fallback watcher looks at getppid()
@@ -53,6 +58,15 @@ def _load_prctl() -> Callable[..., int] | None:
 
 
 _prctl = _load_prctl()
+
+
+# run as `python -c _EXEC <parent pid> <program> <args...>`: arm the signal, check the parent, become the program
+_EXEC = """import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    os.kill(os.getpid(), signal.SIGKILL)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
 def _die() -> None:
@@ -127,3 +141,18 @@ def install(mode: str = "auto") -> str:
 def installed() -> str | None:
     """The mode install() set, or None before it was called."""
     return _mode
+
+
+def command(argv: Sequence[str]) -> list[str]:
+    """argv prefixed so that the program, once started, dies with this process (see the module doc); else argv.
+
+    The prefix is used on Linux, from the main thread, when argv[0] resolves to an executable (so that a missing
+    program still fails in ``subprocess.Popen`` as before).
+    """
+    argv = [str(a) for a in argv]
+    if not argv:
+        raise ValueError("lifeline.command() needs a command line, not an empty one")
+    if (_prctl is None or not sys.executable or threading.current_thread() is not threading.main_thread()
+            or shutil.which(argv[0]) is None):
+        return argv
+    return [sys.executable, "-c", _EXEC, str(os.getpid()), *argv]

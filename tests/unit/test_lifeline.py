@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from hivedata import lifeline
-from tests.support.procs import running, wait_gone
+from tests.support.procs import read, running, wait_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,3 +97,43 @@ def test_a_bad_mode_is_refused():
         lifeline.install("sometimes")
     with pytest.raises(ValueError, match="'sometimes'"):
         lifeline.die_with_parent(os.getppid(), forked_from_main_thread=True, mode="sometimes")
+
+
+EXEC_PARENT = textwrap.dedent("""
+    import subprocess, sys, time
+    from hivedata import lifeline
+
+    p = subprocess.Popen(lifeline.command(["sleep", "600"]))
+    print(p.pid, flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_program_started_through_command_dies_with_its_parent():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    parent = subprocess.Popen([sys.executable, "-c", EXEC_PARENT], stdout=subprocess.PIPE, text=True, env=env)
+    child = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 10
+        while (read(child) is None or read(child).cmdline != "sleep 600") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert read(child).cmdline == "sleep 600", "the program should replace the lifeline's python (same pid)"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        assert wait_gone([child], 5.0) == [], "sleep outlived its SIGKILLed parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        if running(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_command_leaves_what_it_cannot_arm_alone():
+    assert lifeline.command(["no-such-program-xyz", "a"]) == ["no-such-program-xyz", "a"]  # Popen still raises
+    box = []
+    t = threading.Thread(target=lambda: box.append(lifeline.command(["sleep", "1"])))
+    t.start()
+    t.join()
+    assert box == [["sleep", "1"]]  # from another thread the parent-death signal would fire when the thread ends
+    with pytest.raises(ValueError, match="empty"):
+        lifeline.command([])
