@@ -1,8 +1,13 @@
-"""Test tiers by marker; credentials cleared; one real fake-gcs-server per session."""
+"""Test tiers by marker; credentials cleared; one real fake-gcs-server per session; no process outlives the session.
+
+pytest makes itself a child subreaper (Linux), so processes orphaned by a test are re-parented to it; once the
+session's fixtures are torn down, any process still running under pytest is listed, killed, and fails the run.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +27,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if item.get_closest_marker("remote") and not os.environ.get("HIVEDATA_REMOTE_BUCKET"):
             item.add_marker(pytest.mark.skip(reason="remote tier: set HIVEDATA_REMOTE_BUCKET to run"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _support("procs").become_subreaper()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After every fixture's teardown: processes the tests started that are still running fail the session."""
+    procs = _support("procs")
+    left = procs.lingering(grace_s=5.0)
+    if not left:
+        return
+    text = (f"{len(left)} process(es) started by the tests outlived them (now killed):\n" + procs.describe(left))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write("\n")
+        reporter.write_sep("=", "leaked processes", red=True)
+        reporter.write_line(text)
+    else:
+        print(text, file=sys.stderr)
+    procs.kill_all(left)
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,7 +75,6 @@ def bucket(gcs_bucket) -> str:
 def _support(module: str):
     """Imports tests.support.<module> (the repository root may not be on sys.path under plain `pytest`)."""
     import importlib
-    import sys
 
     try:
         return importlib.import_module(f"tests.support.{module}")

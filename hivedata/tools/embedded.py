@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hivedata import lifeline
 from hivedata.tools.emulator import Emulator
 from hivedata.tools.synthetic import SyntheticSpec
 from hivedata.tools.synthetic_store import upload_dataset
@@ -57,5 +58,6 @@ def start_extra_peers(args: argparse.Namespace, argv: list[str]) -> list[subproc
             base, dot, ext = args.metrics.rpartition(".")
             metrics = f"{base}.peer{i}.{ext}" if dot else f"{args.metrics}.peer{i}"
         ckpt = f"{args.checkpoint_dir.rstrip('/')}/peer{i}" if args.checkpoint_dir else None
-        procs.append(subprocess.Popen(peer_command(argv, i, metrics, ckpt, args.peers), env=dict(os.environ)))
+        cmd = lifeline.command(peer_command(argv, i, metrics, ckpt, args.peers))  # they die with this peer
+        procs.append(subprocess.Popen(cmd, env=dict(os.environ)))
     return procs

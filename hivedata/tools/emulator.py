@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from hivedata import lifeline
+
 ENV_VAR = "STORAGE_EMULATOR_HOST"
 
 
@@ -143,7 +145,8 @@ class Emulator:
             if self.backend == "filesystem":
                 cmd += ["-filesystem-root", str(root)]
             log = tempfile.TemporaryFile()
-            self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+            self._proc = subprocess.Popen(lifeline.command(cmd), stdout=subprocess.DEVNULL, stderr=log,
+                                          stdin=subprocess.DEVNULL)  # it dies with us, even on SIGKILL
             self.port = port
             try:
                 ready = self._wait_ready(timeout)

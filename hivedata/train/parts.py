@@ -22,6 +22,7 @@ import hivemind
 import torch
 from hivemind.compression import Float16Compression
 
+from hivedata import lifeline
 from hivedata.train.checkpoint import CheckpointStore
 from hivedata.train.join import start_dht
 from hivedata.train.models import build_model, param_groups
@@ -126,6 +127,7 @@ def build_swarm(args: argparse.Namespace, *, loopback: bool = False) -> Swarm:
     host = "127.0.0.1" if loopback else "0.0.0.0"
     reader = PeerRegistry(args.bucket, args.run_id) if args.bucket else None
     peers = initial_peers(explicit=args.initial_peer, registry=reader, fetch_gcs_path=args.fetch_gcs_path)
+    lifeline.install()  # hivemind's DHT and averager processes die with this one, even on SIGKILL
     dht = start_dht(peers, lambda initial: hivemind.DHT(
         start=True, initial_peers=initial, host_maddrs=[f"/ip4/{host}/tcp/{args.host_port}"],
         announce_maddrs=args.announce_maddr or None, client_mode=args.client_mode, identity_path=args.identity_path),
