@@ -80,6 +80,7 @@ class DiskCache:
             raise ValueError(f"disk cache size must be > 0 bytes, got {max_bytes!r}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._dir = os.fspath(self.root) + os.sep
         self.max_bytes = int(max_bytes)
         self.run_bytes = int(run_bytes) if run_bytes else min(_RUN_MAX, max(1, self.max_bytes // 64))
         self._rescan_every = max(1, self.max_bytes // 16)
@@ -137,7 +138,7 @@ class DiskCache:
             self._add(misses=1)
             return None
         fid, off, name, end = found
-        path = os.path.join(self.root, name)
+        path = self._dir + name
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:  # evicted by another process since, or unreadable

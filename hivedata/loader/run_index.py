@@ -131,11 +131,11 @@ class RunIndex:
         """Moves the dict's entries into the sorted arrays, leaving out forgotten and dropped ones."""
         rh = np.fromiter(self._recent.keys(), np.int64, len(self._recent))
         rl = np.fromiter(self._recent.values(), np.int64, len(self._recent))
-        alive = np.frombuffer(bytes(self.alive), np.uint8)
-        keep = (self._locs >= 0) & ~np.isin(self._hashes, rh)
-        keep[keep] = alive[self._locs[keep] >> _OFF_BITS] == 1
-        fresh = alive[rl >> _OFF_BITS] == 1
-        h = np.concatenate([self._hashes[keep], rh[fresh]])
-        loc = np.concatenate([self._locs[keep], rl[fresh]])
-        order = np.argsort(h, kind="stable")
-        self._hashes, self._locs, self._recent = h[order], loc[order], {}
+        h, loc = np.concatenate([self._hashes, rh]), np.concatenate([self._locs, rl])
+        order = np.argsort(h, kind="stable")  # a key in both: the dict's entry (newer) comes last
+        h, loc = h[order], loc[order]
+        last = np.ones(len(h), dtype=bool)
+        last[:-1] = h[1:] != h[:-1]
+        keep = last & (loc >= 0)
+        keep[keep] = np.frombuffer(bytes(self.alive), np.uint8)[loc[keep] >> _OFF_BITS] == 1
+        self._hashes, self._locs, self._recent = h[keep], loc[keep], {}
