@@ -96,6 +96,7 @@ class DiskCache:
         self._refreshed_at = -math.inf
         self._seen_mtime: int | None = None
         self._touched: dict[int, float] = {}
+        self._last_ns = 0  # the time in the name of the last run this process wrote
         self._reported: set[str] = set()  # runs whose damage was logged as a warning
         _INSTANCES.add(self)
 
@@ -225,7 +226,9 @@ class DiskCache:
 
     def _write_run(self, run: list[tuple[bytes, int, memoryview]]) -> None:
         pid = os.getpid()
-        name = f"{time.time_ns():016x}-{pid}-{secrets.token_hex(4)}.run"
+        with self._lock:  # names sort by when they were written: the newest copy of a key wins
+            self._last_ns = max(time.time_ns(), self._last_ns + 1)
+            name = f"{self._last_ns:016x}-{pid}-{secrets.token_hex(4)}.run"
         tmp = os.path.join(self.root, f"{_TMP}{pid}-{threading.get_ident()}-{secrets.token_hex(6)}")
         try:
             with open(tmp, "wb") as f:
@@ -334,6 +337,8 @@ class DiskCache:
         """Deletes the entries of the old one-file-per-entry layout (format 1), which this cache never reads."""
         if not dirs:
             return
+        log.warning("disk cache %s: deleting the entries of the old one-file-per-entry layout (format 1) in %d "
+                    "folders; this version does not read them", self.root, len(dirs))
         now, deleted = time.time(), 0
         for d in dirs:
             for e in _scandir(d.path):
@@ -344,9 +349,7 @@ class DiskCache:
                         deleted += 1
             with contextlib.suppress(OSError):
                 os.rmdir(d.path)
-        if deleted:
-            log.warning("disk cache %s: deleted %d entries of the old one-file-per-entry layout (format 1); "
-                        "they are not read by this version", self.root, deleted)
+        log.info("disk cache %s: deleted %d entries of the old layout", self.root, deleted)
 
     def _add(self, **counts: int) -> None:
         with self._lock:
