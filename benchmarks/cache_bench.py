@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import baseline_file_cache  # noqa: E402
 
+from hivedata.loader.cache_writer import gathered_size  # noqa: E402
 from hivedata.loader.disk_cache import DiskCache  # noqa: E402
 from hivedata.sources.base import CacheKey  # noqa: E402
 
@@ -119,7 +120,7 @@ def fill(kind: str, cache, entries: Entries) -> float:
         run, size = [], 0
         for i, key in enumerate(entries.keys):
             run.append((key, entries.payload(i)))
-            size += entries.sizes[i]
+            size += gathered_size(key, entries.payload(i))
             if size >= cache.run_bytes:
                 cache.put_many(run)
                 run, size = [], 0

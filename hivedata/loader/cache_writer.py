@@ -10,10 +10,16 @@ import time
 from typing import Any
 
 from hivedata.loader.disk_cache import CacheKey, DiskCache
+from hivedata.loader.run_format import PER_ENTRY
 
 log = logging.getLogger(__name__)
 
 _FLUSH = object()  # queued by flush(): write what is gathered now
+
+
+def gathered_size(key: CacheKey, data: bytes) -> int:
+    """An entry's bytes in a run, not less than what it takes (its key text estimated: no json here)."""
+    return len(data) + PER_ENTRY + len(key.bucket) + len(key.object) + len(key.endpoint) + 64
 
 
 class CacheWriter:
@@ -60,7 +66,7 @@ class CacheWriter:
             if not run:
                 deadline = time.monotonic() + self.max_age_s
             run.append(item)
-            size += len(item[1])
+            size += gathered_size(*item)
             if size >= self.cache.run_bytes:
                 self._write(run)
                 run, size = [], 0

@@ -70,8 +70,8 @@ class DiskCache:
     than max_bytes evicts runs down to 0.9 * max_bytes. So a lone process stays within max_bytes, and P
     processes sharing the directory overshoot it by at most about P * (max_bytes/16 + the largest run).
     An entry that would not fit in max_bytes alone is not stored. put() writes a run of one entry;
-    put_many() (what CacheWriter calls) writes runs of up to run_bytes. Thread safe; fork safe (no
-    threads, no open files kept; a child inherits the index).
+    put_many() (what CacheWriter calls) writes runs of run_bytes (and at most one entry more). Thread
+    safe; fork safe (no threads, no open files kept; a child inherits the index).
     """
 
     def __init__(self, root: str | os.PathLike, max_bytes: int, run_bytes: int | None = None) -> None:
@@ -204,7 +204,7 @@ class DiskCache:
         self.put_many([(key, data)])
 
     def put_many(self, items: list[tuple[CacheKey, bytes | memoryview | np.ndarray]]) -> None:
-        """Store each (key, data) of ITEMS, in runs of up to run_bytes; best effort, like put."""
+        """Store each (key, data) of ITEMS in runs that close once they hold run_bytes; best effort, like put."""
         runs: list[list[tuple[bytes, int, memoryview]]] = []
         run: list[tuple[bytes, int, memoryview]] = []
         size = OVERHEAD
@@ -214,7 +214,7 @@ class DiskCache:
             n = entry_size(ktext, view.nbytes)
             if OVERHEAD + n > self.max_bytes:
                 continue
-            if run and size + n > self.run_bytes:
+            if run and size >= self.run_bytes:  # a run closes once it holds run_bytes
                 runs.append(run)
                 run, size = [], OVERHEAD
             run.append((ktext, key_hash(ktext), view))
