@@ -1,69 +1,106 @@
 """Optional local disk cache of fetched object bytes (whole objects or tar shard ranges), shared by processes.
 
-Entry file ``root/<2 hex>/<sha256 hex of key.text()>``: a fixed header (magic, format version, payload
-length, zlib.crc32 of the payload, key text length), the key text, the payload. Writers ``os.replace`` a
-unique temp file into place, so readers see a whole entry, never a torn one; the checksum catches what a
-crash or power loss left (no fsync), and such an entry is deleted and read as a miss.
+Entries live in run files ``root/<16 hex time_ns>-<pid>-<8 hex>.run`` that hold many entries each, with their
+index in the file's footer (see run_format): CacheWriter gathers what a loader fetches into runs of up to
+run_bytes (max_bytes / 64, at most 64 MiB), so a 200 GB cache is a few thousand files, not millions.
+A run is written to a temp file and renamed into place, never changed afterwards, and evicted whole.
+
+Each process keeps an index of every run (key hash -> run, offset; ~16 bytes an entry, see run_index),
+built from the runs' footers on its first read and kept current from then on: its own runs as it writes
+them, other processes' runs when a miss finds the directory changed (looked at no more than every 0.25 s).
+Every hit checks its record's key text and payload crc32c; a damaged entry is counted as corrupt, logged
+and read as a miss (a later put of the key supersedes it), a run whose footer does not check out is
+deleted, and no damage ever yields wrong bytes. The per-file cache of format 1 (``root/<2 hex>/<sha256>``)
+is never read: its files are deleted, with a log line, the first time this cache lists the directory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
+import math
 import os
+import re
 import secrets
-import struct
 import threading
 import time
 import weakref
-import zlib
 from pathlib import Path
 
 import numpy as np
 
+from hivedata import _native
 from hivedata.common import cache_root, parse_size
+from hivedata.loader.run_format import (
+    OVERHEAD,
+    RECORD,
+    NewerRunFormat,
+    RunFormatError,
+    entry_size,
+    key_hash,
+    read_table,
+    write_run,
+)
+from hivedata.loader.run_index import RunIndex
 from hivedata.sources.base import CacheKey
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"HVDC"
-_VERSION = 1
-_HEADER = struct.Struct("<4sIQII")  # magic, format version, payload length, crc32 of payload, key text length
 _TMP = ".tmp-"  # temp file prefix: .tmp-<pid>-<thread id>-<random>
 _TMP_YOUNG_S = 60.0  # a temp file younger than this is a writer at work: neither counted nor touched
 _TMP_STALE_S = 3600.0  # one older than this is a killed writer's leftover: deleted by the next scan
 _LOW_WATER = 0.9  # eviction goes down to this fraction of max_bytes
-_STAT_NAMES = ("hits", "misses", "corrupt", "puts", "evictions", "put_errors", "bytes_read", "bytes_written")
+_REFRESH_S = 0.25  # a miss looks for runs other processes wrote at most this often
+_TOUCH_S = 1.0  # a hit refreshes its run's mtime (the shared recency) at most this often per process
+_RUN_MAX = 64 << 20
+_RUN_NAME = re.compile(r"[0-9a-f]{16}-\d+-[0-9a-f]{8}\.run")
+_LEGACY_DIR = re.compile(r"[0-9a-f]{2}")  # format 1: root/<2 hex>/<sha256 hex of the key text>
+_LEGACY_ENTRY = re.compile(r"[0-9a-f]{64}")
+_STAT_NAMES = ("hits", "misses", "corrupt", "puts", "runs", "evictions", "put_errors", "bytes_read",
+               "bytes_written")
 
 
 class DiskCache:
-    """Size-bounded LRU cache of byte payloads in a directory that several processes may share.
+    """Size-bounded cache of byte payloads in run files in a directory that several processes may share.
 
-    Recency is an entry file's mtime (a hit touches it), shared by every process. A put scans the
-    directory when this process's estimate (the total at its last scan + the bytes it wrote since)
+    Recency is a run file's mtime (a hit touches it), shared by every process; eviction deletes whole runs,
+    least recently used first, and stats only the run files (thousands), never the entries. A put scans
+    the directory when this process's estimate (the total at its last scan + the bytes it wrote since)
     exceeds max_bytes, or once it has written max_bytes/16 since its last scan; a scan that finds more
-    than max_bytes evicts the least recently used entries down to 0.9 * max_bytes. So a lone process
-    stays within max_bytes, and P processes sharing the directory overshoot it by at most about
-    P * (max_bytes/16 + the largest entry). An entry larger than max_bytes is not stored. Thread safe
-    (a lock guards only the counters and estimates); fork safe (no threads, no open files kept).
+    than max_bytes evicts runs down to 0.9 * max_bytes. So a lone process stays within max_bytes, and P
+    processes sharing the directory overshoot it by at most about P * (max_bytes/16 + the largest run).
+    An entry that would not fit in max_bytes alone is not stored. put() writes a run of one entry;
+    put_many() (what CacheWriter calls) writes runs of run_bytes (and at most one entry more). Thread
+    safe; fork safe (no threads, no open files kept; a child inherits the index).
     """
 
-    def __init__(self, root: str | os.PathLike, max_bytes: int) -> None:
-        """Create ROOT if needed; MAX_BYTES (> 0) bounds the bytes of the entry files kept there."""
+    def __init__(self, root: str | os.PathLike, max_bytes: int, run_bytes: int | None = None) -> None:
+        """Create ROOT if needed; MAX_BYTES (> 0) bounds the bytes of the run files kept there."""
         if int(max_bytes) <= 0:
             raise ValueError(f"disk cache size must be > 0 bytes, got {max_bytes!r}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._dir = os.fspath(self.root) + os.sep
         self.max_bytes = int(max_bytes)
+        self.run_bytes = int(run_bytes) if run_bytes else min(_RUN_MAX, max(1, self.max_bytes // 64))
         self._rescan_every = max(1, self.max_bytes // 16)
-        self._lock = threading.Lock()
-        self._scanned = 0  # entry bytes found by the last scan
+        self._lock = threading.Lock()  # counters, estimates, the index
+        self._refresh_lock = threading.Lock()  # one refresh at a time
+        self._scanned = 0  # run file bytes found by the last scan
         self._since = self._rescan_every  # bytes this process wrote since: the first put scans
         self._scanning = False
         self._warned = False
         self._stats = dict.fromkeys(_STAT_NAMES, 0)
+        self._index = RunIndex()
+        self._loaded = False
+        self._refreshed_at = -math.inf
+        self._seen_mtime: int | None = None
+        self._touched: dict[int, float] = {}
+        self._last_ns = 0  # the time in the name of the last run this process wrote
+        self._reported: set[str] = set()  # runs whose damage was logged as a warning
         _INSTANCES.add(self)
+
+    # -- reads -------------------------------------------------------------------------------------------
 
     def get_into(self, key: CacheKey, out: memoryview | np.ndarray) -> bool:
         """Fill OUT with KEY's payload if an intact entry of exactly OUT's size is cached (else OUT is undefined)."""
@@ -76,34 +113,141 @@ class DiskCache:
         """KEY's payload if an intact entry is cached, else None."""
         return None if (data := self._read(key, None)) is None else bytes(data)  # bytes already: no copy
 
-    def put(self, key: CacheKey, data: bytes | memoryview | np.ndarray) -> None:
-        """Store DATA under KEY; best effort: an OSError is counted and logged once, never raised."""
-        view = memoryview(data).cast("B")
-        path, ktext = self._entry(key)
-        size = _HEADER.size + len(ktext) + view.nbytes
-        if size > self.max_bytes:
-            return
-        header = _HEADER.pack(_MAGIC, _VERSION, view.nbytes, zlib.crc32(view), len(ktext))
-        folder = os.path.dirname(path)
-        tmp = os.path.join(folder, f"{_TMP}{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(6)}")
+    def locate(self, key: CacheKey) -> tuple[Path, int] | None:
+        """Where KEY's entry is: (its run file, the offset of its record), or None when it is not indexed."""
+        found = self._find(key_hash(key.text().encode()))
+        return None if found is None else (self.root / found[2], found[1])
+
+    def _find(self, h: int) -> tuple[int, int, str, int] | None:
+        """(file number, record offset, run name, end of its records) of key hash H, looking again on a miss."""
+        if not self._loaded:
+            self._refresh(force=True)
+        for _ in range(2):
+            with self._lock:
+                if (at := self._index.lookup(h)) is not None:
+                    fid, off = at
+                    return fid, off, self._index.names[fid], self._index.data_end[fid]
+            if not self._refresh():
+                return None
+        return None
+
+    def _read(self, key: CacheKey, view: memoryview | None) -> bytes | memoryview | None:
+        """KEY's checked payload (read into VIEW when given), or None after counting the miss."""
+        ktext = key.text().encode()
+        h = key_hash(ktext)
+        if (found := self._find(h)) is None:
+            self._add(misses=1)
+            return None
+        fid, off, name, end = found
+        path = self._dir + name
         try:
-            os.makedirs(folder, exist_ok=True)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:  # evicted by another process since, or unreadable
+            if isinstance(e, FileNotFoundError):
+                with self._lock:
+                    self._index.drop(fid)
+            self._add(misses=1)
+            return None
+        try:
+            head = bytearray(RECORD.size + len(ktext))
+            got = os.preadv(fd, [head, view], off) if view is not None else os.preadv(fd, [head], off)
+            klen, crc, size = RECORD.unpack_from(head) if got >= RECORD.size else (-1, 0, 0)
+            if got < len(head) or klen != len(ktext) or head[RECORD.size:] != ktext:
+                return self._corrupt(h, fid, off, name, "its record header or key text does not match")
+            if off + len(head) + size > end:
+                return self._corrupt(h, fid, off, name, f"a payload length of {size} runs past the records")
+            if view is not None and view.nbytes != size:
+                self._add(misses=1)  # a well-formed entry; the caller asked for another length
+                return None
+            if view is None:
+                data: bytes | memoryview = os.pread(fd, size, off + len(head))
+                got = len(head) + len(data)
+            else:
+                data = view
+            if got != len(head) + size or _native.crc32c(data) != crc:  # short read or damaged payload
+                return self._corrupt(h, fid, off, name, "its payload fails its crc32c")
+        except OSError:
+            self._add(misses=1)
+            return None
+        finally:
+            os.close(fd)
+        self._touch(fid, path)
+        self._add(hits=1, bytes_read=size)
+        return data
+
+    def _touch(self, fid: int, path: str) -> None:
+        """Marks run FID recently used for every process (its mtime), at most every _TOUCH_S per process."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._touched.get(fid, -math.inf) < _TOUCH_S:
+                return
+            self._touched[fid] = now
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+    def _corrupt(self, h: int, fid: int, off: int, name: str, why: str) -> None:
+        """Counts and logs a damaged entry and forgets it, so it reads as a miss until written again."""
+        with self._lock:
+            self._stats["corrupt"] += 1
+            self._stats["misses"] += 1
+            self._index.forget(h, fid, off)
+            first = name not in self._reported
+            self._reported.add(name)
+        log.log(logging.WARNING if first else logging.DEBUG,
+                "disk cache %s: the entry at offset %d of run %s is damaged (%s); read as a miss", self.root, off,
+                name, why)
+
+    # -- writes ------------------------------------------------------------------------------------------
+
+    def put(self, key: CacheKey, data: bytes | memoryview | np.ndarray) -> None:
+        """Store DATA under KEY (as a run of one entry); best effort: an OSError is counted and logged once."""
+        self.put_many([(key, data)])
+
+    def put_many(self, items: list[tuple[CacheKey, bytes | memoryview | np.ndarray]]) -> None:
+        """Store each (key, data) of ITEMS in runs that close once they hold run_bytes; best effort, like put."""
+        runs: list[list[tuple[bytes, int, memoryview]]] = []
+        run: list[tuple[bytes, int, memoryview]] = []
+        size = OVERHEAD
+        for key, data in items:
+            view = memoryview(data).cast("B")
+            ktext = key.text().encode()
+            n = entry_size(ktext, view.nbytes)
+            if OVERHEAD + n > self.max_bytes:
+                continue
+            if run and size >= self.run_bytes:  # a run closes once it holds run_bytes
+                runs.append(run)
+                run, size = [], OVERHEAD
+            run.append((ktext, key_hash(ktext), view))
+            size += n
+        if run:
+            runs.append(run)
+        for run in runs:
+            self._write_run(run)
+
+    def _write_run(self, run: list[tuple[bytes, int, memoryview]]) -> None:
+        pid = os.getpid()
+        with self._lock:  # names sort by when they were written: the newest copy of a key wins
+            self._last_ns = max(time.time_ns(), self._last_ns + 1)
+            name = f"{self._last_ns:016x}-{pid}-{secrets.token_hex(4)}.run"
+        tmp = os.path.join(self.root, f"{_TMP}{pid}-{threading.get_ident()}-{secrets.token_hex(6)}")
+        try:
             with open(tmp, "wb") as f:
-                f.write(header + ktext)
-                f.write(view)
-            os.replace(tmp, path)
+                table, size = write_run(f, run)
+            os.replace(tmp, os.path.join(self.root, name))
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             with self._lock:
-                self._stats["put_errors"] += 1
+                self._stats["put_errors"] += len(run)
                 warn, self._warned = not self._warned, True
             if warn:
-                log.warning("disk cache %s: cannot store an entry (%s); going on without caching it", self.root, e)
+                log.warning("disk cache %s: cannot store entries (%s); going on without caching them", self.root, e)
             return
         with self._lock:
-            self._stats["puts"] += 1
-            self._stats["bytes_written"] += view.nbytes
+            self._index.add(name, table)
+            self._stats["puts"] += len(run)
+            self._stats["runs"] += 1
+            self._stats["bytes_written"] += sum(view.nbytes for _, _, view in run)
             self._since += size
             scan = not self._scanning and (
                 self._since >= self._rescan_every or self._scanned + self._since > self.max_bytes)
@@ -111,66 +255,106 @@ class DiskCache:
         if scan:
             self._scan()
 
+    # -- the directory -----------------------------------------------------------------------------------
+
     def stats(self) -> dict[str, int]:
-        """Counters: hits, misses (corrupt entries included), corrupt, puts, evictions, put_errors, payload bytes."""
+        """Counters: hits, misses (corrupt entries included), corrupt, puts, runs written, run files evicted,
+        put_errors, payload bytes read and written."""
         with self._lock:
             return dict(self._stats)
 
     def clear(self) -> None:
-        """Delete every entry (and stale temp files); temp files of writers at work are left alone."""
+        """Delete every run (and stale temp files); temp files of writers at work are left alone."""
         now = time.time()
-        for e in _cache_files(self.root):
+        runs, temps, legacy = _listing(self.root)
+        self._purge_legacy(legacy)
+        for e in runs.values():
             with contextlib.suppress(OSError):
-                if not e.name.startswith(_TMP) or now - e.stat().st_mtime > _TMP_STALE_S:
+                os.unlink(e.path)
+        for e in temps:
+            with contextlib.suppress(OSError):
+                if now - e.stat(follow_symlinks=False).st_mtime > _TMP_STALE_S:
                     os.unlink(e.path)
         with self._lock:
+            self._index.drop_all()
             self._scanned = 0
             self._since = 0
 
-    def _entry(self, key: CacheKey) -> tuple[str, bytes]:
-        """The entry file of KEY and KEY's text as stored in it."""
-        ktext = key.text().encode()
-        digest = hashlib.sha256(ktext).hexdigest()
-        return os.path.join(self.root, digest[:2], digest), ktext
+    def _refresh(self, force: bool = False) -> bool:
+        """Indexes runs written since the last look and forgets vanished ones; True when anything changed."""
+        now = time.monotonic()
+        if not force and now - self._refreshed_at < _REFRESH_S:
+            return False
+        if not self._refresh_lock.acquire(blocking=not self._loaded):
+            return False  # another thread is at it
+        try:
+            if (force and self._loaded) or (not force and now - self._refreshed_at < _REFRESH_S):
+                return False  # done by another thread meanwhile
+            self._refreshed_at = now
+            try:
+                mtime = os.stat(self.root).st_mtime_ns
+            except OSError:
+                return False
+            if self._loaded and mtime == self._seen_mtime:
+                return False
+            with self._lock:
+                known = self._index.alive_names()
+            runs, _, legacy = _listing(self.root)
+            self._purge_legacy(legacy)
+            tables = [(name, t) for name in runs.keys() - known.keys()
+                      if (t := self._load_table(runs[name].path, name)) is not None]
+            with self._lock:
+                self._index.add_many(tables)
+                gone = [fid for name, fid in known.items() if name not in runs]
+                for fid in gone:
+                    self._index.drop(fid)
+                self._loaded = True
+            # a change within the same clock tick as the mtime seen would not move it: look again next time
+            self._seen_mtime = mtime if time.time_ns() - mtime > 50_000_000 else None
+            return bool(tables or gone)
+        finally:
+            self._refresh_lock.release()
+
+    def _load_table(self, path: str, name: str):
+        """The table of run PATH; None (after deleting a damaged run) when it cannot be read."""
+        try:
+            with open(path, "rb", buffering=0) as f:
+                return read_table(f.fileno(), os.fstat(f.fileno()).st_size)
+        except NewerRunFormat as e:
+            if name not in self._reported:
+                self._reported.add(name)
+                log.warning("disk cache %s: skipping run %s (%s)", self.root, name, e)
+        except RunFormatError as e:
+            self._add(corrupt=1)
+            log.warning("disk cache %s: deleting damaged run %s (%s)", self.root, name, e)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        except OSError:  # evicted meanwhile, or unreadable
+            pass
+        return None
+
+    def _purge_legacy(self, dirs: list[os.DirEntry]) -> None:
+        """Deletes the entries of the old one-file-per-entry layout (format 1), which this cache never reads."""
+        if not dirs:
+            return
+        log.warning("disk cache %s: deleting the entries of the old one-file-per-entry layout (format 1) in %d "
+                    "folders; this version does not read them", self.root, len(dirs))
+        now, deleted = time.time(), 0
+        for d in dirs:
+            for e in _scandir(d.path):
+                with contextlib.suppress(OSError):
+                    old_tmp = e.name.startswith(_TMP) and now - e.stat(follow_symlinks=False).st_mtime > _TMP_YOUNG_S
+                    if _LEGACY_ENTRY.fullmatch(e.name) or old_tmp:
+                        os.unlink(e.path)
+                        deleted += 1
+            with contextlib.suppress(OSError):
+                os.rmdir(d.path)
+        log.info("disk cache %s: deleted %d entries of the old layout", self.root, deleted)
 
     def _add(self, **counts: int) -> None:
         with self._lock:
             for name, n in counts.items():
                 self._stats[name] += n
-
-    def _read(self, key: CacheKey, view: memoryview | None) -> bytes | memoryview | None:
-        """KEY's checked payload (read into VIEW when given), or None after counting the miss."""
-        path, ktext = self._entry(key)
-        try:
-            with open(path, "rb", buffering=0) as f:
-                st = os.fstat(f.fileno())
-                header = f.read(_HEADER.size)
-                bad = (b"", 0, 0, 0, -1)  # a short header
-                magic, version, size, crc, klen = _HEADER.unpack(header) if len(header) == _HEADER.size else bad
-                if (magic, version, klen) != (_MAGIC, _VERSION, len(ktext)) or f.read(klen) != ktext \
-                        or st.st_size != _HEADER.size + klen + size:
-                    return self._corrupt(path, st)
-                if view is not None and view.nbytes != size:
-                    self._add(misses=1)  # a well-formed entry; the caller asked for another length
-                    return None
-                data: bytes | memoryview = f.readall() if view is None else view[:_readinto(f, view)]
-                if len(data) != size or zlib.crc32(data) != crc:  # short read or damaged payload
-                    return self._corrupt(path, st)
-        except OSError:  # never stored, evicted by another process since, or unreadable
-            self._add(misses=1)
-            return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # recency, shared with every process using this directory
-        self._add(hits=1, bytes_read=size)
-        return data
-
-    def _corrupt(self, path: str, st: os.stat_result) -> None:
-        """Count a corrupt entry and delete it unless a writer has replaced it since it was opened."""
-        self._add(corrupt=1, misses=1)
-        log.debug("disk cache: deleting corrupt entry %s", path)
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == st.st_ino:
-                os.unlink(path)
 
     def _scan(self) -> None:
         """Sweep until what other threads wrote during a sweep no longer puts the estimate over max_bytes."""
@@ -191,32 +375,44 @@ class DiskCache:
             raise
 
     def _sweep(self) -> tuple[int, int]:
-        """Total the entries, delete stale temp files, evict least recently used ones if over: (total, evicted)."""
-        now, total, evicted, entries = time.time(), 0, 0, []
-        for e in _cache_files(self.root):
+        """Total the runs, delete stale temp files, evict least recently used runs if over: (total, evicted)."""
+        now, total, evicted = time.time(), 0, 0
+        with self._lock:
+            known = self._index.alive_names()
+        runs, temps, legacy = _listing(self.root)
+        self._purge_legacy(legacy)
+        entries = []
+        for name, e in runs.items():
             try:
                 st = e.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if not e.name.startswith(_TMP):
-                entries.append((st.st_mtime_ns, e.path, st.st_size))
-                total += st.st_size
-            elif now - st.st_mtime > _TMP_STALE_S:
-                with contextlib.suppress(OSError):
+            entries.append((st.st_mtime_ns, name, st.st_size))
+            total += st.st_size
+        for e in temps:
+            with contextlib.suppress(OSError):
+                st = e.stat(follow_symlinks=False)
+                if now - st.st_mtime > _TMP_STALE_S:
                     os.unlink(e.path)
-            elif now - st.st_mtime >= _TMP_YOUNG_S:
-                total += st.st_size  # a slow or dead writer's file still takes the space
+                elif now - st.st_mtime >= _TMP_YOUNG_S:
+                    total += st.st_size  # a slow or dead writer's file still takes the space
+        gone = {name for name in known if name not in runs}
         if total > self.max_bytes:
-            for _, path, size in sorted(entries):
+            for _, name, size in sorted(entries):
                 if total <= self.max_bytes * _LOW_WATER:
                     break
                 try:
-                    os.unlink(path)
+                    os.unlink(os.path.join(self.root, name))
                     evicted += 1
                 except OSError as e:
                     if not isinstance(e, FileNotFoundError):  # else another process evicted it first
                         continue
+                gone.add(name)
                 total -= size
+        with self._lock:
+            for name in gone:
+                if (fid := self._index.by_name.get(name)) is not None:
+                    self._index.drop(fid)
         return total, evicted
 
 
@@ -228,17 +424,17 @@ def _scandir(path: str | os.PathLike) -> list[os.DirEntry]:
         return []
 
 
-def _cache_files(root: Path) -> list[os.DirEntry]:
-    """The files in the <2 hex> folders under ROOT (anything else there is not the cache's)."""
-    dirs = [d.path for d in _scandir(root) if len(d.name) == 2 and d.is_dir(follow_symlinks=False)]
-    return [e for d in dirs for e in _scandir(d)]
-
-
-def _readinto(f, view: memoryview) -> int:
-    got = 0
-    while got < view.nbytes and (n := f.readinto(view[got:])):
-        got += n
-    return got
+def _listing(root: Path) -> tuple[dict[str, os.DirEntry], list[os.DirEntry], list[os.DirEntry]]:
+    """ROOT's run files by name, temp files, and folders of the old per-file layout (anything else is not ours)."""
+    runs, temps, legacy = {}, [], []
+    for e in _scandir(root):
+        if _RUN_NAME.fullmatch(e.name):
+            runs[e.name] = e
+        elif e.name.startswith(_TMP):
+            temps.append(e)
+        elif _LEGACY_DIR.fullmatch(e.name) and e.is_dir(follow_symlinks=False):
+            legacy.append(e)
+    return runs, temps, legacy
 
 
 _INSTANCES: weakref.WeakSet[DiskCache] = weakref.WeakSet()
@@ -247,6 +443,7 @@ _INSTANCES: weakref.WeakSet[DiskCache] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for cache in list(_INSTANCES):  # a lock held by another thread at fork time would never be released
         cache._lock = threading.Lock()
+        cache._refresh_lock = threading.Lock()
         cache._scanning = False
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from hivedata.loader.loader import Loader
+from hivedata.loader.run_format import RECORD
 from hivedata.tools.pack import pack
 from hivedata.tools.synthetic import SyntheticSpec
 from hivedata.tools.synthetic_store import upload_dataset
@@ -167,9 +168,10 @@ def test_a_corrupt_cache_entry_is_refetched(data, tmp_path):
     name, images, labels = data
     with Loader(shards(name), batch_size=16, cache_dir=tmp_path, **BLOCK, **EVAL) as cached:
         check_epoch(cached, 0, images, labels)
-        victim = cache_files(tmp_path)[7]
+        key = cached.source.cache_key(7)  # the cache keeps many entries per run file: find sample 7's
+        victim, offset = cached.cache.disk.locate(key)
         raw = bytearray(victim.read_bytes())
-        raw[-10] ^= 0xFF  # a flipped payload byte
+        raw[offset + RECORD.size + len(key.text().encode()) + 10] ^= 0xFF  # a flipped payload byte
         victim.write_bytes(bytes(raw))
         assert check_epoch(cached, 1, images, labels) == 1
         assert cached.stats()["cache"]["corrupt"] == 1

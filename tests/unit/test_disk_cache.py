@@ -1,8 +1,11 @@
-"""The local disk cache of object bytes: hits, key separation, corruption, LRU eviction, processes."""
+"""The local disk cache of object bytes: hits, key separation, corruption, LRU eviction, processes.
+
+Entries live in run files (run_format); DiskCache.put writes a run of one entry, so these tests find an
+entry's run with DiskCache.locate where the per-file cache's tests computed root/<2 hex>/<sha256>.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing as mp
 import os
@@ -12,14 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hivedata.loader import run_format
 from hivedata.loader.disk_cache import CacheKey, DiskCache, default_data_cache_dir, parse_cache_size
 from tests.support.threads import run_threads
 
 
-def entry_path(root: Path, key: CacheKey) -> Path:
-    """Where the documented layout puts KEY's entry: root/<2 hex>/<sha256 hex of key.text()>."""
-    digest = hashlib.sha256(key.text().encode()).hexdigest()
-    return root / digest[:2] / digest
+def entry_path(cache: DiskCache, key: CacheKey) -> Path:
+    """The run file holding KEY's entry (each put writes a run of one entry)."""
+    found = cache.locate(key)
+    assert found is not None, f"{key} is not indexed"
+    return found[0]
+
+
+def run_size(key: CacheKey, nbytes: int) -> int:
+    """The bytes of a run holding only KEY's entry of NBYTES."""
+    return run_format.OVERHEAD + run_format.entry_size(key.text().encode(), nbytes)
 
 
 def files(root: Path) -> list[Path]:
@@ -56,7 +66,7 @@ def test_miss_put_hit(tmp_path):
     s = cache.stats()
     assert (s["hits"], s["misses"], s["corrupt"], s["puts"]) == (4, 2, 0, 2)
     assert s["bytes_read"] == 4 * len(data) and s["bytes_written"] == 2 * len(data)
-    assert entry_path(tmp_path / "c", key).is_file()
+    assert entry_path(cache, key).is_file() and entry_path(cache, key).suffix == ".run"
     assert not [p for p in files(tmp_path / "c") if p.name.startswith(".tmp")]
 
 
@@ -81,32 +91,43 @@ def test_keys_differing_by_generation_or_range_do_not_collide(tmp_path):
     assert cache.stats()["hits"] == len(keys)
 
 
-def test_flipped_payload_byte_is_detected_and_deleted(tmp_path):
+def payload_offset(cache: DiskCache, key: CacheKey) -> int:
+    """Where KEY's payload starts in its run file."""
+    return cache.locate(key)[1] + run_format.RECORD.size + len(key.text().encode())
+
+
+def test_flipped_payload_byte_is_detected_and_forgotten(tmp_path):
     cache = DiskCache(tmp_path, 1 << 20)
     key, data = key_of(3), payload(3)
     cache.put(key, data)
-    path = entry_path(tmp_path, key)
+    path = entry_path(cache, key)
     raw = bytearray(path.read_bytes())
-    raw[len(raw) - len(data) + len(data) // 2] ^= 0x01
+    raw[payload_offset(cache, key) + len(data) // 2] ^= 0x01
     path.write_bytes(raw)
     assert not cache.get_into(key, np.empty(len(data), np.uint8))
-    assert not path.exists()
+    assert cache.locate(key) is None  # forgotten (its run stays: a run holds other entries too)
     s = cache.stats()
     assert s["corrupt"] == 1 and s["hits"] == 0 and s["misses"] == 1
+    assert cache.get(key) is None and cache.stats()["corrupt"] == 1  # a plain miss from now on
+    assert DiskCache(tmp_path, 1 << 20).get(key) is None  # another process finds the damage too
     cache.put(key, data)
     assert cache.get(key) == data
+    assert DiskCache(tmp_path, 1 << 20).get(key) == data  # the newer run wins over the damaged one
 
 
 @pytest.mark.parametrize("reader", ["get", "get_into"])
 @pytest.mark.parametrize("damage", ["truncate_payload", "zero_bytes", "header_only", "bad_magic", "grown"])
 def test_damaged_entry_is_a_corrupt_miss(tmp_path, damage, reader):
-    cache = DiskCache(tmp_path, 1 << 20)
+    writer = DiskCache(tmp_path, 1 << 20)
     key, data = key_of(5), payload(5)
-    cache.put(key, data)
-    path = entry_path(tmp_path, key)
+    writer.put(key, data)
+    path = entry_path(writer, key)
     raw = path.read_bytes()
     path.write_bytes({"truncate_payload": raw[:-7], "zero_bytes": b"", "header_only": raw[:10],
                       "bad_magic": b"XXXX" + raw[4:], "grown": raw + b"\0"}[damage])
+    got = writer.get(key)  # the writer indexed the run before the damage: its entry may still read whole
+    assert got is None or got == data
+    cache = DiskCache(tmp_path, 1 << 20)  # a process opening the cache now: the run's footer does not check out
     assert not (cache.get(key) if reader == "get" else cache.get_into(key, bytearray(len(data))))
     assert not path.exists()
     s = cache.stats()
@@ -114,15 +135,15 @@ def test_damaged_entry_is_a_corrupt_miss(tmp_path, damage, reader):
 
 
 def test_hash_collision_is_caught_by_the_key_text(tmp_path):
-    cache = DiskCache(tmp_path, 1 << 20)
     a = key_of(1)
     b = CacheKey(a.bucket, a.object[:-1] + "x", a.generation, a.start, a.length)  # key texts of equal length
     assert len(a.text()) == len(b.text()) and a.text() != b.text()
-    cache.put(a, payload(1))
-    entry_path(tmp_path, b).parent.mkdir(exist_ok=True)
-    os.replace(entry_path(tmp_path, a), entry_path(tmp_path, b))  # b's file now holds a's key text
+    entry = (a.text().encode(), run_format.key_hash(b.text().encode()), memoryview(payload(1)))
+    with open(tmp_path / "0000000000000001-1-00000000.run", "wb") as f:  # b's hash leads to a's record
+        run_format.write_run(f, [entry])
+    cache = DiskCache(tmp_path, 1 << 20)
     assert not cache.get_into(b, bytearray(len(payload(1))))
-    assert cache.stats()["corrupt"] == 1 and not entry_path(tmp_path, b).exists()
+    assert cache.stats()["corrupt"] == 1 and cache.locate(b) is None
 
 
 def test_wrong_length_request_is_a_plain_miss(tmp_path):
@@ -133,7 +154,7 @@ def test_wrong_length_request_is_a_plain_miss(tmp_path):
     assert not cache.get_into(key, bytearray(101))
     s = cache.stats()
     assert (s["misses"], s["corrupt"]) == (2, 0)
-    assert entry_path(tmp_path, key).exists()
+    assert entry_path(cache, key).exists()
     assert cache.get_into(key, bytearray(100))
 
 
@@ -141,15 +162,14 @@ def test_vanished_entry_is_a_plain_miss(tmp_path):
     cache = DiskCache(tmp_path, 1 << 20)
     key = CacheKey("b", "o", 1)
     cache.put(key, b"abc")
-    entry_path(tmp_path, key).unlink()  # another process evicted it
+    entry_path(cache, key).unlink()  # another process evicted it
     assert cache.get(key) is None
     assert (cache.stats()["misses"], cache.stats()["corrupt"]) == (1, 0)
 
 
 def _six_keys() -> tuple[list[CacheKey], int]:
     keys = [CacheKey("b", f"obj-{i}", 1) for i in range(6)]
-    entry = 24 + len(keys[0].text().encode()) + 1000  # header + key text + payload
-    return keys, entry
+    return keys, run_size(keys[0], 1000)  # a run of one entry: header, record, key text, payload, table, trailer
 
 
 def test_eviction_keeps_total_under_max_and_drops_oldest(tmp_path):
@@ -158,10 +178,12 @@ def test_eviction_keeps_total_under_max_and_drops_oldest(tmp_path):
     base = time.time() - 1000
     for i, k in enumerate(keys):
         cache.put(k, bytes([i]) * 1000)
-        assert entry_path(tmp_path, k).stat().st_size == entry
-        os.utime(entry_path(tmp_path, k), (base + i, base + i))  # explicit recency: no timing flakiness
+        assert entry_path(cache, k).stat().st_size == entry
+        os.utime(entry_path(cache, k), (base + i, base + i))  # explicit recency: no timing flakiness
         assert disk_bytes(tmp_path) <= cache.max_bytes
-    assert [entry_path(tmp_path, k).exists() for k in keys] == [False, False, True, True, True, True]
+    paths = {k: entry_path(DiskCache(tmp_path, 1 << 20), k) for k in keys[2:]}
+    assert [cache.locate(k) is not None for k in keys] == [False, False, True, True, True, True]
+    assert sorted(files(tmp_path)) == sorted(paths.values())
     assert cache.stats()["evictions"] == 2
     assert [cache.get(k) for k in keys[2:]] == [bytes([i]) * 1000 for i in range(2, 6)]
 
@@ -172,11 +194,13 @@ def test_hit_refreshes_recency(tmp_path):
     base = time.time() - 1000
     for i, k in enumerate(keys[:4]):
         cache.put(k, bytes([i]) * 1000)
-        os.utime(entry_path(tmp_path, k), (base + i, base + i))
+        os.utime(entry_path(cache, k), (base + i, base + i))
+    paths = [entry_path(cache, k) for k in keys[:4]]
     assert cache.get_into(keys[0], bytearray(1000))  # the oldest becomes the most recent
-    assert entry_path(tmp_path, keys[0]).stat().st_mtime > base + 100
+    assert paths[0].stat().st_mtime > base + 100
     cache.put(keys[4], b"\4" * 1000)
-    assert [entry_path(tmp_path, k).exists() for k in keys[:5]] == [True, False, True, True, True]
+    assert [p.exists() for p in paths] == [True, False, True, True]
+    assert [cache.locate(k) is not None for k in keys[:5]] == [True, False, True, True, True]
     assert cache.get(keys[0]) == b"\0" * 1000
 
 
@@ -184,22 +208,21 @@ def test_entry_bigger_than_max_is_not_stored(tmp_path):
     cache = DiskCache(tmp_path, 1000)
     small, big = CacheKey("b", "small", 1), CacheKey("b", "big", 1)
     cache.put(small, b"s" * 100)
-    os.utime(entry_path(tmp_path, small), (time.time() - 100,) * 2)
+    os.utime(entry_path(cache, small), (time.time() - 100,) * 2)
     cache.put(big, b"z" * 1000)  # with header and key text it exceeds max_bytes
     assert cache.get(big) is None
     assert cache.get(small) == b"s" * 100  # and storing it did not flush the rest
-    assert files(tmp_path) == [entry_path(tmp_path, small)]
+    assert files(tmp_path) == [entry_path(cache, small)]
     s = cache.stats()
     assert (s["puts"], s["evictions"], s["bytes_written"]) == (1, 0, 100)
 
 
 def test_stale_temp_files_are_cleaned_by_a_scan_and_clear(tmp_path):
     cache = DiskCache(tmp_path, 1 << 20)
-    (tmp_path / "ab").mkdir()
     now = time.time()
     temps = {}
     for name, age in [("stale", 7200), ("young", 10), ("middle", 600)]:
-        temps[name] = tmp_path / "ab" / f".tmp-1-2-{name}"
+        temps[name] = tmp_path / f".tmp-1-2-{name}"
         temps[name].write_bytes(b"partial")
         os.utime(temps[name], (now - age, now - age))
     cache.put(CacheKey("b", "o", 1), b"data")  # the first put scans
@@ -293,8 +316,8 @@ def test_processes_share_a_directory_without_torn_reads(tmp_path):
     assert total["corrupt"] == 0  # a torn file would fail its checksum
     assert total["hits"] > 50 and total["puts"] > 50 and total["evictions"] > 0
     assert not [p for p in files(tmp_path) if p.name.startswith(".tmp")]
-    largest = max(24 + len(key_of(i).text()) + len(payload(i)) for i in range(N_KEYS))
-    all_keys = sum(24 + len(key_of(i).text()) + len(payload(i)) for i in range(N_KEYS))
+    largest = max(run_size(key_of(i), len(payload(i))) for i in range(N_KEYS))  # a put writes a run of one entry
+    all_keys = sum(run_size(key_of(i), len(payload(i))) for i in range(N_KEYS))
     bound = MP_MAX + len(procs) * (MP_MAX // 16 + largest)  # the overshoot documented on DiskCache
     assert disk_bytes(tmp_path) <= bound < all_keys
 
