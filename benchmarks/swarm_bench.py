@@ -13,10 +13,11 @@ the optimizer step, applying delayed updates -- is real and runs on this machine
 averaging share the cores, and overlap gains nothing (see README).
 
 The default is a GPU peer at ~1,000 images/s (ResNet-50 at 224 px on one consumer GPU) that contributes its half
-of an 8,192-sample global batch to a 2-peer swarm: 4 steps of 1,024 samples, 1 s each (gradients accumulated on
-the device over smaller micro-batches before opt.step(), as large-batch peers do), 4 s of compute per global
-epoch. Delayed updates can hide a round only if it takes less than that: the "off" rows' longest step shows how
-long a round takes here.
+of a 16,384-sample global batch (large-batch training with LARS) to a 2-peer swarm: 8 steps of 1,024 samples,
+1 s each (gradients accumulated on the device over smaller micro-batches before opt.step(), as large-batch peers
+do), 8 s of compute per global epoch. Delayed updates can hide a round only if it takes less than that (the
+"off" rows' longest step shows how long a round blocks here); a swarm whose rounds take longer than an epoch's
+compute needs a larger --target_batch_size, or it stays partly blocked with delayed updates too.
 
 Per peer and mode it prints samples/s, the share of wall time the training thread spent inside opt.step()
 (from the first global epoch on: the first matchmaking is start-up), global epochs reached, and the gradient
@@ -135,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     """Runs each mode, prints the table (and the JSON with --json)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--peers", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=90.0, help="training time per mode")
+    parser.add_argument("--seconds", type=float, default=120.0, help="training time per mode")
     parser.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet50"])
     parser.add_argument("--compute_s", type=float, default=1.0, help="simulated accelerator seconds per step")
     parser.add_argument("--batch_size", type=int, default=1024, help="samples per step (per peer)")
-    parser.add_argument("--target_batch_size", type=int, default=8192, help="samples per global epoch")
+    parser.add_argument("--target_batch_size", type=int, default=16384, help="samples per global epoch")
     parser.add_argument("--matchmaking_time", type=float, default=5.0)
     parser.add_argument("--averaging_timeout", type=float, default=60.0)
     parser.add_argument("--modes", default="off,on", help="--delayed_updates values to run, in order")
