@@ -148,6 +148,7 @@ class _Bucket:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: no wait for a delayed ACK between
     server: _Server
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
