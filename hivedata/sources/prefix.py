@@ -7,6 +7,8 @@ import logging
 import os
 import random
 import re
+import threading
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -89,17 +91,22 @@ class Index(BucketSource):
         """Writes the index atomically (temporary file, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # One temporary file per writer: loaders in one process (threads) may save the same index at once.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:12]}.tmp")
         meta = np.array([FORMAT_VERSION], dtype=np.int64)
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=meta, bucket=np.array(self.bucket), prefix=np.array(self.prefix),
-                     endpoint=np.array(self.endpoint), classes=np.array(self.classes, dtype=str),
-                     folders=np.array(self.folders, dtype=str), names_blob=self.names_blob,
-                     name_offsets=self.name_offsets, sizes=self.sizes, generations=self.generations,
-                     labels=self.labels)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "xb") as f:
+                np.savez(f, meta=meta, bucket=np.array(self.bucket), prefix=np.array(self.prefix),
+                         endpoint=np.array(self.endpoint), classes=np.array(self.classes, dtype=str),
+                         folders=np.array(self.folders, dtype=str), names_blob=self.names_blob,
+                         name_offsets=self.name_offsets, sizes=self.sizes, generations=self.generations,
+                         labels=self.labels)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> Index:

@@ -97,3 +97,33 @@ def test_token_refreshed_before_expiry():
 def test_emulator_endpoint_is_anonymous():
     assert TokenSource("auto", endpoint="http://127.0.0.1:4443").anonymous
     assert TokenSource("anonymous").headers() == {}
+
+
+def test_writers_in_threads_saving_the_same_index_at_once_do_not_collide(tmp_path):
+    """Several loaders in one process may save the same prefix's index together: each writes its own temp file."""
+    import threading
+
+    idx = _index(50_000)
+    path = tmp_path / "shared.npz"
+    n = 8
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def save() -> None:
+        barrier.wait()
+        try:
+            for _ in range(3):
+                idx.save(path)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=save) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    back = Index.load(path)
+    assert back.names() == idx.names() and back.folders == idx.folders
+    np.testing.assert_array_equal(back.generations, idx.generations)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.npz"]  # no temp file left behind
