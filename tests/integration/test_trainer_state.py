@@ -167,6 +167,7 @@ def test_training_over_packed_shards_with_block_shuffle_and_a_disk_cache(data_bu
         assert isinstance(t.train_loader.index, ShardIndex) and len(t.train_loader.index) == TRAIN_SAMPLES
         assert t.train_loader.index.classes == t.val_loader.index.classes
         train_until_next_global_epoch(t)
+        t.train_loader.cache.flush()  # the cache writes runs of many samples: up to 5 s after they were fetched
         st = t.train_loader.stats()
         assert st["skipped"] == 0 and st["gets"] * 3 <= st["batches_submitted"] * 8  # a batch = one or two runs
         assert st["cache"]["puts"] > 0

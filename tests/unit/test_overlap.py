@@ -63,6 +63,7 @@ class _Round:
 
 def test_delayed_rounds_are_recorded_when_they_finish_oldest_first():
     opt = SwarmOptimizer.__new__(SwarmOptimizer)  # only the bookkeeping; no DHT needed
+    opt._parent_pid = None  # hivemind's __del__ checks it: this object never started anything to shut down
     opt.last_group_size, opt.group_sizes, opt._running = 1, [], []
     first, second = _Round(3), _Round(2)
     opt._running += [(4, first), (5, second)]
