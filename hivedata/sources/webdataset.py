@@ -95,6 +95,12 @@ def samples_from_members(members: list[tuple[str, int, int, bytes]], shard_no: i
         image = next((g[e] for e in IMAGE_EXTENSIONS if e in g), None)
         if image is None:
             continue
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:  # read_tar_members keeps undecodable bytes as surrogates
+            raw = key.encode("utf-8", "surrogateescape")
+            raise ValueError(f"{what}: member name {raw!r} is not UTF-8: a sample's key must be text (rename the "
+                             f"member, e.g. repack the shard with UTF-8 names)") from None
         if "cls" in g:
             try:
                 text = g["cls"][2][:g["cls"][1]].decode().strip()

@@ -124,3 +124,24 @@ def test_an_oversized_extended_header_is_refused():
 def test_window_must_hold_a_header_and_a_block():
     with pytest.raises(ValueError, match="window"):
         scan_tar(Reads(b""), 0, "s", window=512)
+
+
+def test_a_member_name_that_is_not_utf8_names_the_shard_and_the_bytes():
+    """A tar written with latin-1 names: indexing it fails naming the shard and the member, not with a bare
+    UnicodeEncodeError when the index stores the keys."""
+    import io
+
+    from hivedata.sources.webdataset import samples_from_members
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="latin-1") as t:
+        for name, data in (("caf\u00e9.jpg", b"\xff\xd8jpeg"), ("caf\u00e9.cls", b"1")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    data = buf.getvalue()
+    assert b"caf\xe9.jpg" in data  # the raw latin-1 byte, not UTF-8
+    members = read_tar_members(Reads(data), len(data), "gs://b/latin1.tar")
+    assert scan_tar(Reads(data), len(data), "gs://b/latin1.tar").members == members  # both readers agree
+    with pytest.raises(ValueError, match=r"gs://b/latin1.tar: member name b'caf\\xe9' is not UTF-8"):
+        samples_from_members(members, 0, "gs://b/latin1.tar")
