@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from hivedata.errors import HivedataError
 from hivedata.train.config import fill_defaults, parse_args
 
 
@@ -130,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("train.py: interrupted; the checkpoint (if any) is in --checkpoint_dir", file=sys.stderr)
         return 130
+    except HivedataError as e:  # an outage (or unreadable data) mid-run: one line, not a traceback
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"train.py: error: {first}\n  training stopped; the checkpoint (if any) is in --checkpoint_dir. "
+              "--max_missing lets a few unreadable samples per epoch be skipped", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
         for p in procs:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from hivedata.errors import HivedataError
 from hivedata.train.join import AloneWatch
 from hivedata.train.metrics import MetricsLog
 from hivedata.train.parts import TrainerParts, bn_buffers, build_parts, pick_device
@@ -125,6 +126,11 @@ class Trainer:
                 return self._loop(bar)
         except KeyboardInterrupt:
             log.warning("interrupted at global epoch %d: writing a checkpoint before leaving", self.opt.local_epoch)
+            self.checkpoint()
+            raise
+        except HivedataError:  # the data stopped us (an outage past --max_missing): keep what was trained
+            log.warning("the data could not be read at global epoch %d: writing a checkpoint before leaving",
+                        self.opt.local_epoch)
             self.checkpoint()
             raise
         finally:

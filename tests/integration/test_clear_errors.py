@@ -221,3 +221,28 @@ def test_train_py_check_passes_with_a_found_file_and_leaves_the_indexes_cached(k
     assert cache_path(val_url, classes=train.classes).exists()
     assert _labels_of(load_index(val_url, classes=train.classes, progress=False)) == {
         _val_name(k): w for k, w in VAL.items()}
+
+
+def test_an_outage_mid_run_ends_train_py_in_one_line_with_a_checkpoint(tmp_path, gcs_emulator):
+    """Every image download refused (HTTP 403) once training runs: one error line naming the object, exit 1, no
+    traceback, and the state trained so far checkpointed."""
+    from hivedata.tools.synthetic import SyntheticSpec
+    from tests.support.buckets import dataset_bucket
+
+    bucket = dataset_bucket(gcs_emulator, "outage-mid-run",
+                            SyntheticSpec(num_classes=2, train_per_class=8, val_per_class=2, seed=3,
+                                          min_short_side=40, max_short_side=48))
+    with FaultProxy(gcs_emulator.url) as proxy:
+        proxy.add_fault("status", status=403, count=100_000, match="alt=media")  # downloads only: listing works
+        r = _run(tmp_path, ["--bucket", bucket, "--arch", "resnet18", "--image_size", "32", "--batch_size", "4",
+                            "--target_batch_size", "8", "--epochs", "1", "--warmup_epochs", "0.1", "--device", "cpu",
+                            "--backend", "native",
+                            "--num_workers", "1", "--no_progress", "--run_id", "outage",
+                            "--checkpoint_dir", str(tmp_path / "ck")], emulator_url=proxy.url)
+        refused = proxy.stats.get("status_403", 0)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert refused >= 1
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("train.py: error: ")]
+    assert f"gs://{bucket}/train/" in line and ("403" in line or "permission" in line.lower()), line
+    assert "--max_missing" in r.stderr and any((tmp_path / "ck").glob("ckpt-*.pt"))
