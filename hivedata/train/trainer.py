@@ -131,7 +131,10 @@ class Trainer:
         except HivedataError:  # the data stopped us (an outage past --max_missing): keep what was trained
             log.warning("the data could not be read at global epoch %d: writing a checkpoint before leaving",
                         self.opt.local_epoch)
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except Exception as e:  # e.g. a gs:// checkpoint dir in the same outage: the data error is the news
+                log.error("could not write the checkpoint: %s", e)
             raise
         finally:
             bar.close()
