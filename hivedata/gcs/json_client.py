@@ -100,11 +100,20 @@ class GcsJsonClient:
             check_token_transport(self.endpoint, headers["Authorization"])
         return headers
 
+    backoff_cap_s = 5.0  # the longest pause between two attempts
+    status_errors: dict[int, type[FetchError]] = {}  # more statuses that raise at once, with their error type
+
     def _get(self, url: str, params: dict | None, what: str, bucket: str, obj: str | None = None) -> requests.Response:
+        return self._request("GET", url, what, bucket, obj, params=params)
+
+    def _request(self, method: str, url: str, what: str, bucket: str, obj: str | None = None, *,
+                 params: dict | None = None, headers: dict | None = None,
+                 data: bytes | None = None) -> requests.Response:
+        """One call, retried on 408/429/5xx and network errors; any other failure raises an error naming `what`."""
         for attempt in range(1, self.max_attempts + 1):
             try:
-                r = self._session.get(url, params=params, headers=self._headers(), timeout=self.timeout,
-                                      verify=self._verify)
+                r = self._session.request(method, url, params=params, headers=dict(headers or {}, **self._headers()),
+                                          data=data, timeout=self.timeout, verify=self._verify)
             except requests.exceptions.SSLError as e:  # retrying cannot help
                 store = "the system CA store" if self._verify is True else f"CA bundle {self._verify}"
                 raise TlsError(f"TLS certificate of {self.endpoint} could not be verified with {store} {what}: {e}; "
@@ -121,10 +130,13 @@ class GcsJsonClient:
                 if r.status_code in (401, 403):
                     raise ObjectPermissionError(f"permission denied (HTTP {r.status_code}) {what}",
                                                 bucket=bucket, object=obj, status=r.status_code)
+                if r.status_code in self.status_errors:
+                    raise self.status_errors[r.status_code](f"HTTP {r.status_code} {what}", bucket=bucket,
+                                                            object=obj, status=r.status_code)
                 if r.status_code not in RETRYABLE or attempt == self.max_attempts:
                     raise FetchError(f"HTTP {r.status_code} {what}: {r.text[:200]}", bucket=bucket, object=obj,
                                      status=r.status_code)
-            time.sleep(random.uniform(0, min(5.0, 0.1 * 2 ** attempt)))
+            time.sleep(random.uniform(0, min(self.backoff_cap_s, 0.1 * 2 ** attempt)))
         raise AssertionError("unreachable")
 
     def list_page(self, bucket: str, prefix: str = "", *, delimiter: str | None = None, page_size: int = 1000,

@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 import struct
-import time
 import uuid
 from urllib.parse import quote
 
-import requests
-
 from hivedata import _native
-from hivedata.errors import ChecksumError, FetchError, ObjectNotFoundError, ObjectPermissionError, TlsError
+from hivedata.errors import ChecksumError, FetchError, ObjectNotFoundError
 from hivedata.gcs.auth import TokenSource
-from hivedata.gcs.tls import ca_bundle, check_token_transport
-
-RETRYABLE = {408, 429, 500, 502, 503, 504}
+from hivedata.gcs.json_client import GcsJsonClient
 
 
 class PreconditionFailedError(FetchError):
@@ -46,16 +40,14 @@ def parse_crc32c_b64(text: object) -> int | None:
     return struct.unpack(">I", raw)[0] if len(raw) == 4 else None
 
 
-class SmallObjects:
+class SmallObjects(GcsJsonClient):
     """Whole small objects of one endpoint, with generations; retries 408/429/5xx and network errors."""
 
+    backoff_cap_s = 2.0
+    status_errors = {412: PreconditionFailedError}
+
     def __init__(self, endpoint: str, tokens: TokenSource, *, max_attempts: int = 4, timeout: float = 60.0) -> None:
-        self.endpoint = endpoint
-        self.tokens = tokens
-        self.max_attempts = max_attempts
-        self.timeout = timeout
-        self._session = requests.Session()
-        self._verify: str | bool = (ca_bundle(endpoint=endpoint) if endpoint.startswith("https://") else None) or True
+        super().__init__(endpoint, tokens, max_attempts=max_attempts, timeout=timeout)
 
     def close(self) -> None:
         """Closes the connections."""
@@ -67,35 +59,6 @@ class SmallObjects:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, url: str, what: str, bucket: str, name: str, **kw) -> requests.Response:
-        extra = kw.pop("headers", None) or {}
-        for attempt in range(1, self.max_attempts + 1):
-            headers = dict(extra, **self.tokens.headers())
-            if "Authorization" in headers:
-                check_token_transport(self.endpoint, headers["Authorization"])
-            try:
-                r = self._session.request(method, url, headers=headers, timeout=self.timeout, verify=self._verify,
-                                          **kw)
-            except requests.exceptions.SSLError as e:
-                raise TlsError(f"TLS certificate of {self.endpoint} could not be verified {what}: {e}",
-                               bucket=bucket, object=name) from e
-            except (requests.ConnectionError, requests.Timeout) as e:
-                if attempt == self.max_attempts:
-                    raise FetchError(f"network error {what}: {e}", bucket=bucket, object=name) from e
-            else:
-                if r.status_code == 200:
-                    return r
-                errors = {404: ObjectNotFoundError, 401: ObjectPermissionError, 403: ObjectPermissionError,
-                          412: PreconditionFailedError}
-                if r.status_code in errors:
-                    raise errors[r.status_code](f"HTTP {r.status_code} {what}", bucket=bucket, object=name,
-                                                status=r.status_code)
-                if r.status_code not in RETRYABLE or attempt == self.max_attempts:
-                    raise FetchError(f"HTTP {r.status_code} {what}: {r.text[:200]}", bucket=bucket, object=name,
-                                     status=r.status_code)
-            time.sleep(random.uniform(0, min(2.0, 0.1 * 2 ** attempt)))
-        raise AssertionError("unreachable")
-
     def _object_url(self, bucket: str, name: str) -> str:
         return f"{self.endpoint}/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
 
@@ -103,8 +66,7 @@ class SmallObjects:
         """(bytes, generation) of gs://bucket/name, None when it does not exist; crc32c checked when sent."""
         what = f"downloading gs://{bucket}/{name}"
         try:
-            r = self._request("GET", self._object_url(bucket, name), what, bucket, name,
-                              params={"alt": "media"})
+            r = self._request("GET", self._object_url(bucket, name), what, bucket, name, params={"alt": "media"})
         except ObjectNotFoundError:
             return None
         sent = next((parse_crc32c_b64(h[len("crc32c="):]) for h in r.headers.get("x-goog-hash", "").split(",")
