@@ -116,17 +116,20 @@ def tiny_optimizer(dht: hivemind.DHT, run_id: str, **kwargs) -> tuple[nn.Module,
     return model, opt
 
 
-def _peer(initial_peers: list[str], out: mp.Queue, delayed: bool = False) -> None:
+def _peer(initial_peers: list[str], out: mp.Queue, go, delayed: bool = False) -> None:
     """One peer in its own process: peers in one process -- or forked from one that used hivemind -- share
-    hivemind's process-wide signing key, and their progress reports would look like one peer's."""
+    hivemind's process-wide signing key, and their progress reports would look like one peer's. It trains once
+    both peers are up, until it has recorded a round with both (or a deadline): on a loaded machine the second
+    peer can take longer to start than the first takes for several rounds alone."""
     mp.set_start_method("fork", force=True)  # a spawned child defaults to spawn; hivemind forks its helpers
     dht = hivemind.DHT(start=True, host_maddrs=LOOPBACK, initial_peers=initial_peers)
     out.put([str(m) for m in dht.get_visible_maddrs()])
     overlap = dict(delay_optimizer_step=True, delay_grad_averaging=True, offload_optimizer=True) if delayed else {}
     model, opt = tiny_optimizer(dht, "pair", target_batch_size=64, matchmaking_time=2, averaging_timeout=15, **overlap)
     try:
-        deadline = time.monotonic() + 90
-        while opt.local_epoch < 4 and time.monotonic() < deadline:
+        go.wait(timeout=120)
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and not (opt.local_epoch >= 2 and any(n == 2 for _, n in opt.group_sizes)):
             nn.functional.mse_loss(model(torch.randn(4, 6)), torch.zeros(4, 3)).backward()
             opt.step()
             opt.zero_grad()
@@ -140,14 +143,15 @@ def _peer(initial_peers: list[str], out: mp.Queue, delayed: bool = False) -> Non
 def test_two_peers_record_their_rounds_as_groups_of_two(delayed):
     """With delayed updates the round finishes after the step that began it: its size is read when it is done."""
     ctx = mp.get_context("spawn")
-    queues = [ctx.Queue(), ctx.Queue()]
-    first = ctx.Process(target=_peer, args=([], queues[0], delayed))
+    queues, go = [ctx.Queue(), ctx.Queue()], ctx.Event()
+    first = ctx.Process(target=_peer, args=([], queues[0], go, delayed))
     first.start()
-    second = ctx.Process(target=_peer, args=(queues[0].get(timeout=60), queues[1], delayed))
+    second = ctx.Process(target=_peer, args=(queues[0].get(timeout=60), queues[1], go, delayed))
     second.start()
     try:
         queues[1].get(timeout=60)  # the second peer's addresses
-        sizes = [q.get(timeout=120) for q in queues]
+        go.set()
+        sizes = [q.get(timeout=240) for q in queues]
     finally:
         for p in (first, second):
             p.join(timeout=60)
