@@ -368,30 +368,18 @@ class DelayLineProcess:
 
     def start(self, timeout: float = 20.0) -> DelayLineProcess:
         """Starts the child and waits for its `listening on` line."""
-        self._proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-        deadline = time.monotonic() + timeout
-        line = ""
-        while time.monotonic() < deadline:
-            line = self._proc.stdout.readline()
-            if line.startswith("listening on "):
-                addr = line.split("listening on ", 1)[1].strip()
-                self.host, port = addr.rsplit(":", 1)
-                self.host = self.host.strip("[]")
-                self.port = int(port)
-                return self
-            if not line and self._proc.poll() is not None:
-                break
-        self.close()
-        raise RuntimeError(f"the delay line did not start: {line!r}")
+        from tests.support.listening_child import start_listening_child  # the parent only (see close)
+
+        self._proc, self.host, self.port = start_listening_child(self.args, "delay line", timeout)
+        return self
 
     def close(self) -> None:
         """Stops the child."""
         if self._proc is None:
             return
-        from hivedata.tools.emulator import stop_process  # the parent only: the child runs this file as a script
+        from tests.support.listening_child import stop_child  # the parent only: the child runs this file as a script
 
-        stop_process(self._proc)
-        self._proc.stdout.close()
+        stop_child(self._proc)
         self._proc = None
 
     def __enter__(self) -> DelayLineProcess:

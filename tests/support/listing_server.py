@@ -288,31 +288,18 @@ class ListingServerProcess:
 
     def start(self, timeout: float = 60.0) -> ListingServerProcess:
         """Starts the child and waits for its `listening on` line."""
-        self._proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-        deadline = time.monotonic() + timeout
-        line = ""
-        while time.monotonic() < deadline:
-            line = self._proc.stdout.readline()
-            if line.startswith("listening on "):
-                self.host, port = line.split("listening on ", 1)[1].strip().rsplit(":", 1)
-                self.port = int(port)
-                return self
-            if not line and self._proc.poll() is not None:
-                break
-        self.close()
-        raise RuntimeError(f"the listing server did not start: {line!r}")
+        from tests.support.listening_child import start_listening_child  # the parent only (see close)
+
+        self._proc, self.host, self.port = start_listening_child(self.args, "listing server", timeout)
+        return self
 
     def close(self) -> None:
         """Stops the child."""
         if self._proc is None:
             return
-        self._proc.terminate()
-        try:
-            self._proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc.stdout.close()
+        from tests.support.listening_child import stop_child  # the parent only: the child runs this file as a script
+
+        stop_child(self._proc)
         self._proc = None
 
     def __enter__(self) -> ListingServerProcess:
