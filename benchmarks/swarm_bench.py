@@ -61,10 +61,12 @@ def run_peer(args: argparse.Namespace, mode: str, run_id: str, initial_peers: li
     import torch
 
     from hivedata.train.parts import build_learner
+    from hivedata.train.quiet import quiet_hivemind
     from hivedata.train.swarm_optimizer import leave_swarm
 
     torch.set_num_threads(1)
     flags = peer_flags(args, mode, run_id)
+    quiet_hivemind()  # as train.py does, before the DHT process starts
     dht = hivemind.DHT(start=True, initial_peers=initial_peers, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
     out.put(("maddrs", rank, [str(m) for m in dht.get_visible_maddrs()]))
     learner = build_learner(flags, dht=dht, device=torch.device("cpu"), num_classes=1000, train_samples=10 ** 9)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import hivemind
 import torch
 from hivemind.compression import Float16Compression
+from hivemind.optim.grad_averager import GradientAverager
 
 from hivedata import lifeline
 from hivedata.train.checkpoint import CheckpointStore
@@ -28,6 +30,7 @@ from hivedata.train.join import start_dht
 from hivedata.train.models import build_model, param_groups
 from hivedata.train.optim import optimizer_factory
 from hivedata.train.overlap import from_args as overlap_settings
+from hivedata.train.quiet import quiet_hivemind
 from hivedata.train.schedule import scheduler_factory
 from hivedata.train.swarm import PeerRegistry, announce, initial_peers, peer_seed, visible_maddrs
 from hivedata.train.swarm_optimizer import SwarmOptimizer, leave_swarm
@@ -128,6 +131,7 @@ def build_swarm(args: argparse.Namespace, *, loopback: bool = False) -> Swarm:
     reader = PeerRegistry(args.bucket, args.run_id) if args.bucket else None
     peers = initial_peers(explicit=args.initial_peer, registry=reader, fetch_gcs_path=args.fetch_gcs_path)
     lifeline.install()  # hivemind's DHT and averager processes die with this one, even on SIGKILL
+    quiet_hivemind()  # before the DHT process starts: it inherits the log filter
     dht = start_dht(peers, lambda initial: hivemind.DHT(
         start=True, initial_peers=initial, host_maddrs=[f"/ip4/{host}/tcp/{args.host_port}"],
         announce_maddrs=args.announce_maddr or None, client_mode=args.client_mode, identity_path=args.identity_path),
@@ -256,6 +260,9 @@ def build_learner(args: argparse.Namespace, *, dht: hivemind.DHT, device: torch.
     forward = torch.compile(model) if args.compile and device.type == "cuda" else model
     total, warmup = schedule_length(args, train_samples)
     overlap = overlap_settings(args, device)
+    # hivemind: a leader's answer may take at most request_timeout, which must stay below the matchmaking time;
+    # averager_opts reaches only the state averager (hivemind 1.1.12), so the gradient averager gets it here
+    request_timeout = min(3.0, args.matchmaking_time / 2)
     opt = SwarmOptimizer(
         dht=dht, run_id=args.run_id, params=param_groups(model, args.weight_decay),
         optimizer=optimizer_factory(args.optimizer, lr=args.lr, weight_decay=args.weight_decay),
@@ -264,8 +271,8 @@ def build_learner(args: argparse.Namespace, *, dht: hivemind.DHT, device: torch.
         matchmaking_time=args.matchmaking_time, averaging_timeout=args.averaging_timeout,
         grad_compression=Float16Compression(), state_averaging_compression=Float16Compression(),
         extra_tensors=bn_buffers(model), client_mode=args.client_mode, verbose=False, **overlap.kwargs(),
-        # hivemind: a leader's answer may take at most request_timeout, which must stay below the matchmaking time
-        averager_opts=dict(request_timeout=min(3.0, args.matchmaking_time / 2)))
+        averager_opts=dict(request_timeout=request_timeout),
+        grad_averager_factory=functools.partial(GradientAverager, request_timeout=request_timeout))
     log.info("averaging: %s", overlap.describe())
     return Learner(model=model, forward=forward, opt=opt, total_global_epochs=total)
 

@@ -11,7 +11,7 @@ Leaving quietly. An averager process that looks for a group polls the DHT hundre
 request carries a pipe that the DHT process fetches from the sender's ``multiprocessing`` resource sharer when it
 reads the request. An averager that exits with a request still unread makes the DHT process log
 ``[ERROR] [hivemind.dht.dht._run] ... FileNotFoundError`` (or ConnectionResetError) with a traceback, and then
-sleep through the grace period of its own shutdown. Two things left such requests behind at the end of a run:
+sleep through the grace period of its own shutdown. Three things left such requests behind at the end of a run:
 
 - hivemind's ``StepControl.cancel()`` wakes the averager (``_cancel.set_result``) *before* it marks the step
   cancelled; an averager that looks in between concludes the step was not cancelled and keeps matchmaking
@@ -22,12 +22,21 @@ sleep through the grace period of its own shutdown. Two things left such request
   the cancelled matchmaking still unwinds (its last DHT requests go out then). :func:`leave_swarm` cancels
   first, waits for the averagers to settle and for the DHT process to read everything sent so far, then shuts
   the optimizer and the DHT down. It also lets the progress tracker's shutdown watcher finish first (see there).
+- With ``delay_state_averaging`` a state-averaging round runs in a background thread. When the run ended during
+  one, ``Optimizer.shutdown()`` waited for the round and stopped the state averager right after, with its
+  matchmaking still sending requests: with two peers, about one run in two ended with such tracebacks and
+  "DHT did not shut down within the grace period" (the DHT process pauses 3 s after each request it cannot
+  read). :func:`leave_swarm` waits for that round before the settling pause and the round trip.
+
+Should a request still be left behind, :func:`leave_swarm` gives the DHT more time to shut down than one such
+pause, and :func:`hivedata.train.quiet.quiet_hivemind` turns the DHT process's record of it into a debug line.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent import futures
 from typing import Any
 
 import hivemind
@@ -35,6 +44,7 @@ from hivemind.averaging.control import AveragingStage, StepControl
 from hivemind.utils.mpfuture import MPFuture
 
 log = logging.getLogger(__name__)
+DHT_SHUTDOWN_S = 10.0  # more than the DHT process's pause after a request it could not read (3 s) plus its shutdown
 
 
 def _cancel_then_wake(self: StepControl) -> bool:
@@ -127,11 +137,14 @@ def leave_swarm(opt: hivemind.Optimizer, dht: hivemind.DHT, *, settle_s: float =
     deadline = time.monotonic() + timeout_s
     while any(c.stage != AveragingStage.FINISHED for c in pending) and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(settle_s)  # a cancelled matchmaking unwinds (its last DHT requests go out), the watcher ends
+    # a state-averaging round run in the background (delay_state_averaging) ends before its averager is stopped
+    futures.wait(list(opt.state_averager.pending_updates), timeout=max(deadline - time.monotonic(), 0.0))
+    time.sleep(settle_s)  # a finished or cancelled matchmaking unwinds (its last DHT requests go out), the watcher ends
     if dht.is_alive():
         try:
             dht.run_coroutine(_nothing, return_future=True).result(max(deadline - time.monotonic(), 1.0))
         except Exception as e:  # a DHT that does not answer is shut down below all the same
             log.debug("the DHT did not answer before shutdown: %r", e)
     opt.shutdown()
+    dht.shutdown_timeout = max(dht.shutdown_timeout, DHT_SHUTDOWN_S)
     dht.shutdown()

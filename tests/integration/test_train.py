@@ -43,3 +43,7 @@ def test_two_local_peers_average_with_each_other(tmp_path, delayed):
     assert summaries[0]["global_epoch"] == summaries[1]["global_epoch"] >= 16
     # from hivemind's own group info of the gradient-averaging rounds, not from log text
     assert summaries[0]["averaged_with_max"] == 2 and summaries[1]["averaged_with_max"] == 2
+    # a normal end of two peers is quiet too: no hivemind traceback at shutdown, no DHT killed after its grace
+    # period, no matchmaking warning at a short --matchmaking_time, no scheduler warning when a joiner catches up
+    for noise in ("Traceback", "[ERROR]", "did not shut down", "request_timeout smaller", "lr_scheduler.step()"):
+        assert noise not in log, f"{noise!r} in:\n{log[-3000:]}"
